@@ -1,0 +1,395 @@
+"""The smooth-max family of classification losses.
+
+Classification asks the target logit to beat every rival: ``max(max_{i≠y} z_i − z_y, 0) = 0``.
+The family smooths the two maxima of that objective, each with its own temperature::
+
+    smooth_max_τ(x)  = τ·log Σ_i exp(x_i/τ)          (= max x   at τ = 0)
+    smooth_relu_τ(u) = τ·log(1 + exp(u/τ))           (= max(u,0) at τ = 0)
+    L(z, y) = smooth_relu_{τr}( smooth_max_{τm}(z_i, i≠y) − z_y + m )
+
+Members: ``hard`` (τm = τr = 0), ``lse`` (τm = τ, τr = 0) and ``softmax`` (τm = τr = τ), which at τ = 1,
+m = 0 is softmax cross-entropy.
+
+Conventions shared by every loss here:
+
+* logits ``[..., C]`` (any float dtype; bf16/fp16 are computed in float32), integer labels ``[...]``;
+  the loss comes back per example, shape ``labels.shape``, float32 (float64 for float64 logits).
+* temperature and margin are Python numbers or arrays broadcasting against ``labels.shape``. They are
+  traced values: changing them never recompiles a jitted caller, and τ = 0 is exact, with finite
+  gradients, also inside a ``vmap`` over temperatures.
+* gradients come from hand-written JVP rules (one pass for the value, one for the gradient), so they are
+  exact at τ = 0: the hard subgradient puts exactly one +1 (on the strongest rival, first index on ties)
+  and one −1 (on the target) on each example whose loss is positive.
+* a ``-inf`` rival has no effect, a ``-inf`` target gives ``+inf`` and NaN propagates.
+* with concrete inputs, bad labels (out of ``[0, C)``, wrong shape, not integer), ``C < 2`` and negative or
+  NaN temperatures raise ``ValueError``. Under ``jit`` the values cannot be checked: an out-of-range label
+  gives NaN for that example (in its value and its gradient), never a plausible finite number.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+
+__all__ = [
+    "smooth_max",
+    "smooth_relu",
+    "family_loss",
+    "hard_loss",
+    "lse_loss",
+    "softmax_loss",
+    "objective",
+    "OBJECTIVES",
+]
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """The dtype losses are computed in: at least float32 (bf16/fp16 are upcast)."""
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(jnp.float32)
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_temperature(temperature, name: str = "temperature") -> None:
+    """Raise ValueError if a concrete temperature is negative or NaN (traced values pass)."""
+    if not _is_concrete(temperature):
+        return
+    t = np.asarray(temperature, dtype=np.float64)
+    if np.isnan(t).any():
+        raise ValueError(f"{name} must be a number >= 0, got NaN")
+    if (t < 0).any():
+        raise ValueError(f"{name} must be >= 0, got {t[t < 0].ravel()[0]:g}")
+
+
+def check_logits_labels(logits, labels) -> tuple[jax.Array, jax.Array]:
+    """Validate shapes and dtypes (always) and label values (when concrete); return JAX arrays."""
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(labels)
+    if logits.ndim < 1:
+        raise ValueError("logits must have a class axis: shape [..., C], got a scalar")
+    num_classes = logits.shape[-1]
+    if num_classes < 2:
+        raise ValueError(f"logits need at least 2 classes (C >= 2), got C = {num_classes}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels shape {labels.shape} does not match logits shape {logits.shape}: "
+            f"expected labels of shape {logits.shape[:-1]}"
+        )
+    if _is_concrete(labels) and labels.size:
+        lab = np.asarray(labels)
+        bad = (lab < 0) | (lab >= num_classes)
+        if bad.any():
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}) for C = {num_classes} classes; "
+                f"got {int(lab[bad].ravel()[0])} ({int(bad.sum())} bad labels)"
+            )
+    return logits, labels
+
+
+def _per_example(value, shape, dtype, name) -> jax.Array:
+    """A temperature or margin as an array of the batch shape (broadcast, never tiled by the caller)."""
+    value = jnp.asarray(value, dtype=dtype)
+    try:
+        return jnp.broadcast_to(value, shape)
+    except ValueError:
+        raise ValueError(
+            f"{name} of shape {value.shape} does not broadcast against the batch shape {shape}"
+        ) from None
+
+
+# --------------------------------------------------------------------------- smooth maxima
+
+
+def smooth_max(x, temperature=1.0, axis: int = -1) -> jax.Array:
+    """Smooth maximum ``τ·log Σ_i exp(x_i/τ)`` along ``axis``; exactly ``max(x)`` at ``τ = 0``.
+
+    Bounds: ``max x ≤ smooth_max_τ(x) ≤ max x + τ·log n`` for ``n`` entries, with the upper bound reached
+    when all entries tie. ``temperature`` broadcasts against the reduced shape. ``-inf`` entries are
+    ignored; the result is ``-inf`` only if every entry is.
+    """
+    check_temperature(temperature)
+    x = jnp.asarray(x)
+    x = x.astype(compute_dtype(x.dtype))
+    tau = jnp.asarray(temperature, x.dtype)
+    peak = jnp.max(x, axis=axis)
+    tau = jnp.broadcast_to(tau, jnp.broadcast_shapes(tau.shape, peak.shape))
+    smooth = tau > 0
+    safe_tau = jnp.where(smooth, tau, 1.0)
+    # Shift by a finite peak so that exp never overflows and an all -inf row gives log(0) = -inf.
+    shift = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
+    total = jnp.sum(
+        jnp.exp((x - jnp.expand_dims(shift, axis)) / jnp.expand_dims(safe_tau, axis)), axis=axis
+    )
+    smooth_value = shift + safe_tau * jnp.log(total)
+    return jnp.where(smooth, smooth_value, peak)
+
+
+def smooth_relu(u, temperature=1.0) -> jax.Array:
+    """Smooth ReLU (scaled softplus) ``τ·log(1 + exp(u/τ))``; exactly ``max(u, 0)`` at ``τ = 0``.
+
+    Bounds: ``max(u, 0) ≤ smooth_relu_τ(u) ≤ max(u, 0) + τ·log 2``.
+    """
+    check_temperature(temperature)
+    u = jnp.asarray(u)
+    u = u.astype(compute_dtype(u.dtype))
+    tau = jnp.asarray(temperature, u.dtype)
+    smooth = tau > 0
+    safe_tau = jnp.where(smooth, tau, 1.0)
+    return jnp.where(smooth, safe_tau * jax.nn.softplus(u / safe_tau), jnp.maximum(u, 0.0))
+
+
+# --------------------------------------------------------------------------- the family
+
+
+def _rivals(z, labels):
+    """The target mask, the logits with the target masked out, and the target logit.
+
+    The target is masked with the most negative finite float rather than -inf: its exp still
+    underflows to 0, and derivatives in τ of ``(masked − shift)/τ`` stay finite (no 0·inf).
+    """
+    classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+    is_target = classes == labels[..., None]
+    rivals = jnp.where(is_target, jnp.finfo(z.dtype).min, z)
+    target = _pick(z, jnp.clip(labels, 0, z.shape[-1] - 1))
+    return classes, is_target, rivals, target
+
+
+def _bad_label(labels, num_classes):
+    return (labels < 0) | (labels >= num_classes)
+
+
+def _first_argmax(classes, rivals, rival_max):
+    """Index of the first rival that attains the rival maximum (ties go to the lowest index).
+
+    Written as a float max-reduction over ``[z_i = max]·(C − i)``: XLA:CPU vectorises it, where an
+    integer arg-max (a variadic reduction) runs several times slower.
+    """
+    num_classes = rivals.shape[-1]
+    at_max = (rivals == rival_max[..., None]).astype(rivals.dtype)
+    score = jnp.max(at_max * (num_classes - classes).astype(rivals.dtype), axis=-1)
+    return jnp.clip(num_classes - score.astype(jnp.int32), 0, num_classes - 1)
+
+
+def _pick(x, index):
+    """``x[..., index]`` per example; its transpose is a scatter-add, not a dense one-hot product."""
+    return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+
+
+def _family_value(z, labels, tau_m, tau_r, margin):
+    """Forward pass of the family; also returns the intermediates the JVP rule reuses."""
+    classes, is_target, rivals, target = _rivals(z, labels)
+    rival_max = jnp.max(rivals, axis=-1)
+    shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
+    smooth_m = tau_m > 0
+    safe_tau_m = jnp.where(smooth_m, tau_m, 1.0)
+    exps = jnp.exp((rivals - shift[..., None]) / safe_tau_m[..., None])
+    total = jnp.sum(exps, axis=-1)
+    # All rivals -inf: total = 0, log 0 = -inf and the rival max is -inf in both branches.
+    rival_smax = jnp.where(smooth_m, shift + tau_m * jnp.log(total), rival_max)
+    u = rival_smax - target + margin
+    smooth_r = tau_r > 0
+    safe_tau_r = jnp.where(smooth_r, tau_r, 1.0)
+    scaled_u = u / safe_tau_r
+    loss = jnp.where(smooth_r, tau_r * jax.nn.softplus(scaled_u), jnp.maximum(u, 0.0))
+    bad = _bad_label(labels, z.shape[-1])
+    loss = jnp.where(bad, jnp.nan, loss)
+    parts = dict(
+        classes=classes, is_target=is_target, rivals=rivals, rival_max=rival_max, shift=shift,
+        smooth_m=smooth_m, safe_tau_m=safe_tau_m, exps=exps, total=total, smooth_r=smooth_r,
+        scaled_u=scaled_u, u=u, bad=bad,
+    )
+    return loss, parts
+
+
+@jax.custom_jvp
+def _family_core(z, labels, tau_m, tau_r, margin):
+    return _family_value(z, labels, tau_m, tau_r, margin)[0]
+
+
+def _family_jvp(primals, tangents):
+    z, labels, tau_m, tau_r, margin = primals
+    dz, _, dtau_m, dtau_r, dmargin = tangents
+    loss, p = _family_value(z, labels, tau_m, tau_r, margin)
+    # dL/du of the outer smooth ReLU: sigmoid(u/τr), or the step u > 0 at τr = 0.
+    dloss_du = jnp.where(p["smooth_r"], jax.nn.sigmoid(p["scaled_u"]), (p["u"] > 0).astype(z.dtype))
+    dloss_du = jnp.where(p["bad"], jnp.nan, dloss_du)
+    dloss = jnp.zeros_like(loss)
+    safe_total = jnp.where(p["total"] > 0, p["total"], 1.0)
+    rival_probs = p["exps"] / safe_total[..., None]
+    if not isinstance(dz, SymbolicZero):
+        # dLSE/dz over the rivals: softmax(rivals/τm), or the first arg-max at τm = 0.
+        # The arg-max pass is skipped when no example has τm = 0 (a cond on a scalar predicate).
+        first = lax.cond(
+            jnp.all(p["smooth_m"]),
+            lambda: jnp.full(labels.shape, -1, jnp.int32),
+            lambda: _first_argmax(p["classes"], p["rivals"], p["rival_max"]),
+        )
+        hard_probs = (p["classes"] == first[..., None]).astype(z.dtype)
+        probs = jnp.where(p["smooth_m"][..., None], rival_probs, hard_probs)
+        grad = dloss_du[..., None] * (probs - p["is_target"].astype(z.dtype))
+        dloss = dloss + jnp.sum(grad * dz, axis=-1)
+    if not isinstance(dmargin, SymbolicZero):
+        dloss = dloss + dloss_du * dmargin
+    if not isinstance(dtau_m, SymbolicZero):
+        # d/dτ [τ·log Σ exp(x/τ)] is the entropy of softmax(x/τ); it is 0 at τ = 0.
+        # Masked (-inf) entries are zeroed before the product, so no 0·inf reaches higher derivatives.
+        logits_scaled = jnp.where(
+            p["exps"] > 0, (p["rivals"] - p["shift"][..., None]) / p["safe_tau_m"][..., None], 0.0
+        )
+        cross = jnp.sum(rival_probs * logits_scaled, axis=-1)
+        entropy = jnp.where(p["smooth_m"], jnp.log(safe_total) - cross, 0.0)
+        dloss = dloss + dloss_du * entropy * dtau_m
+    if not isinstance(dtau_r, SymbolicZero):
+        # d/dτ [τ·softplus(u/τ)] = softplus(u/τ) − (u/τ)·sigmoid(u/τ); 0 at τ = 0.
+        x = p["scaled_u"]
+        dtau = jnp.where(p["smooth_r"], jax.nn.softplus(x) - x * jax.nn.sigmoid(x), 0.0)
+        dloss = dloss + dtau * dtau_r
+    return loss, dloss
+
+
+_family_core.defjvp(_family_jvp, symbolic_zeros=True)
+
+
+def _hard_value(z, labels, margin):
+    classes, is_target, rivals, target = _rivals(z, labels)
+    rival_max = jnp.max(rivals, axis=-1)
+    u = rival_max - target + margin
+    bad = _bad_label(labels, z.shape[-1])
+    loss = jnp.where(bad, jnp.nan, jnp.maximum(u, 0.0))
+    return loss, (classes, is_target, rivals, rival_max, u, bad)
+
+
+@jax.custom_jvp
+def _hard_core(z, labels, margin):
+    return _hard_value(z, labels, margin)[0]
+
+
+def _hard_jvp(primals, tangents):
+    z, labels, margin = primals
+    dz, _, dmargin = tangents
+    loss, (classes, is_target, rivals, rival_max, u, bad) = _hard_value(z, labels, margin)
+    active = jnp.where(bad, jnp.nan, (u > 0).astype(z.dtype))
+    dloss = jnp.zeros_like(loss)
+    if not isinstance(dz, SymbolicZero):
+        rival = _first_argmax(classes, rivals, rival_max)
+        # Exactly one +1 (strongest rival) and one −1 (target) per active example.
+        safe_labels = jnp.clip(labels, 0, z.shape[-1] - 1)
+        dloss = dloss + active * (_pick(dz, rival) - _pick(dz, safe_labels))
+    if not isinstance(dmargin, SymbolicZero):
+        dloss = dloss + active * dmargin
+    return loss, dloss
+
+
+_hard_core.defjvp(_hard_jvp, symbolic_zeros=True)
+
+
+def family_loss(logits, labels, *, max_temperature, relu_temperature, margin=0.0) -> jax.Array:
+    """The general member: ``smooth_relu_{τr}(smooth_max_{τm}(z_i, i≠y) − z_y + m)``, per example.
+
+    Args:
+      logits: ``[..., C]`` scores, ``C ≥ 2``.
+      labels: integer targets of shape ``logits.shape[:-1]``.
+      max_temperature: τm ≥ 0 of the inner smooth max over the rivals (0: the hard max).
+      relu_temperature: τr ≥ 0 of the outer smooth ReLU (0: the hinge ``max(u, 0)``).
+      margin: m, added to the rival term; ``m > 0`` asks the target to win by m.
+
+    Returns:
+      The loss of each example, shape ``labels.shape``.
+    """
+    logits, labels = check_logits_labels(logits, labels)
+    check_temperature(max_temperature, "max_temperature")
+    check_temperature(relu_temperature, "relu_temperature")
+    dtype = compute_dtype(logits.dtype)
+    shape = labels.shape
+    return _family_core(
+        logits.astype(dtype),
+        labels.astype(jnp.int32),
+        _per_example(max_temperature, shape, dtype, "max_temperature"),
+        _per_example(relu_temperature, shape, dtype, "relu_temperature"),
+        _per_example(margin, shape, dtype, "margin"),
+    )
+
+
+def hard_loss(logits, labels, *, margin=0.0) -> jax.Array:
+    """Multiclass hinge ``max(max_{i≠y} z_i − z_y + m, 0)``, per example.
+
+    The multiclass perceptron at ``m = 0`` (zero on all-equal logits), Crammer–Singer's hinge at ``m = 1``.
+    Its subgradient is +1 on the strongest rival (first index on ties) and −1 on the target of each
+    example whose loss is positive, zero elsewhere. It needs no exponentials.
+    """
+    logits, labels = check_logits_labels(logits, labels)
+    dtype = compute_dtype(logits.dtype)
+    return _hard_core(
+        logits.astype(dtype),
+        labels.astype(jnp.int32),
+        _per_example(margin, labels.shape, dtype, "margin"),
+    )
+
+
+def lse_loss(logits, labels, *, temperature=1.0, margin=0.0) -> jax.Array:
+    """``max(τ·log Σ_{i≠y} exp(z_i/τ) − z_y + m, 0)``, per example: a smooth rival max, a hard hinge.
+
+    Zero only when ``z_y − max_{i≠y} z_i ≥ m + implicit margin``, where the implicit margin
+    ``smooth_max_τ(rivals) − max(rivals)`` lies in ``[0, τ·log(C−1)]``. Every rival gets gradient
+    ``softmax(rivals/τ)`` on active examples; τ = 0 gives :func:`hard_loss`.
+    """
+    check_temperature(temperature)
+    return family_loss(
+        logits, labels, max_temperature=temperature, relu_temperature=0.0, margin=margin
+    )
+
+
+def softmax_loss(logits, labels, *, temperature=1.0, margin=0.0) -> jax.Array:
+    """``τ·log(1 + Σ_{i≠y} exp((z_i − z_y + m)/τ))``, per example.
+
+    At τ = 1, m = 0 this is softmax cross-entropy; with cosine logits, τ = 1/s and m > 0 it is
+    AM-Softmax/CosFace. Its gradient is ``softmax((z + m·(1 − onehot))/τ) − onehot``; τ = 0 gives
+    :func:`hard_loss`. Bounds: ``hard ≤ softmax ≤ hard + τ·log C``.
+    """
+    check_temperature(temperature)
+    return family_loss(
+        logits, labels, max_temperature=temperature, relu_temperature=temperature, margin=margin
+    )
+
+
+def _hard_objective(logits, labels, *, temperature=0.0, margin=0.0):
+    """The hard member as an objective: the temperature is accepted and ignored (it is always 0)."""
+    del temperature
+    return hard_loss(logits, labels, margin=margin)
+
+
+Objective = Callable[..., jax.Array]
+
+OBJECTIVES: dict[str, Objective] = {
+    "hard": _hard_objective,
+    "lse": lse_loss,
+    "softmax": softmax_loss,
+}
+
+
+def objective(name: str) -> Objective:
+    """The loss named ``hard``, ``lse`` or ``softmax``, as ``f(logits, labels, *, temperature, margin)``.
+
+    ``hard`` accepts a temperature and ignores it, so that one config shape serves every objective.
+    """
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown objective {name!r}: choose one of {', '.join(sorted(OBJECTIVES))}"
+        ) from None

@@ -1,0 +1,396 @@
+"""The loss family against an independent float64 NumPy reference, plus limits, gradients and bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+import smoothmax as sm
+
+# --------------------------------------------------------------------------- float64 reference
+
+
+def ref_smooth_max(x, tau):
+    x = np.asarray(x, np.float64)
+    peak = x.max(-1)
+    if tau == 0:
+        return peak
+    return peak + tau * np.log(np.exp((x - peak[..., None]) / tau).sum(-1))
+
+
+def ref_smooth_relu(u, tau):
+    u = np.asarray(u, np.float64)
+    return np.maximum(u, 0) if tau == 0 else tau * np.logaddexp(0.0, u / tau)
+
+
+def ref_rivals(z, y):
+    z = np.asarray(z, np.float64)
+    mask = np.arange(z.shape[-1]) == np.asarray(y)[..., None]
+    return np.where(mask, -np.inf, z), np.take_along_axis(z, np.asarray(y)[..., None], -1)[..., 0]
+
+
+def ref_family(z, y, tau_m, tau_r, m):
+    rivals, target = ref_rivals(z, y)
+    return ref_smooth_relu(ref_smooth_max(rivals, tau_m) - target + m, tau_r)
+
+
+def random_problem(seed, batch, classes, scale):
+    rng = np.random.default_rng(seed)
+    z = (rng.standard_normal((batch, classes)) * scale).astype(np.float32)
+    y = rng.integers(0, classes, batch).astype(np.int32)
+    return z, y
+
+
+def tolerance(z, tau):
+    # float32 rounding of values of size |z|, divided and multiplied back by τ in the exponent.
+    return 1e-5 * (1.0 + np.abs(z).max()) + 1e-6 * tau * np.log(z.shape[-1])
+
+
+problems = st.tuples(
+    st.integers(0, 2**31 - 1),                      # seed
+    st.integers(1, 17),                             # batch
+    st.sampled_from([2, 3, 10, 100, 1000]),         # classes
+    st.sampled_from([0.1, 1.0, 10.0, 300.0]),       # logit scale
+)
+temperatures = st.sampled_from([0.0, 1e-3, 0.03, 0.3, 1.0, 4.0])
+margins = st.sampled_from([-0.5, 0.0, 0.35, 1.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems, temperatures, temperatures, margins)
+def test_family_matches_reference(problem, tau_m, tau_r, m):
+    z, y = random_problem(*problem)
+    got = sm.family_loss(z, y, max_temperature=tau_m, relu_temperature=tau_r, margin=m)
+    want = ref_family(z, y, tau_m, tau_r, m)
+    assert got.shape == y.shape and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=tolerance(z, max(tau_m, tau_r)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems, temperatures, margins)
+def test_members_match_reference(problem, tau, m):
+    z, y = random_problem(*problem)
+    atol = tolerance(z, tau)
+    np.testing.assert_allclose(sm.hard_loss(z, y, margin=m), ref_family(z, y, 0, 0, m), rtol=1e-5, atol=atol)
+    np.testing.assert_allclose(
+        sm.lse_loss(z, y, temperature=tau, margin=m), ref_family(z, y, tau, 0, m), rtol=1e-5, atol=atol
+    )
+    np.testing.assert_allclose(
+        sm.softmax_loss(z, y, temperature=tau, margin=m), ref_family(z, y, tau, tau, m), rtol=1e-5, atol=atol
+    )
+    for name in ("lse", "softmax"):
+        np.testing.assert_array_equal(
+            sm.objective(name)(z, y, temperature=tau, margin=m),
+            getattr(sm, f"{name}_loss")(z, y, temperature=tau, margin=m),
+        )
+    np.testing.assert_array_equal(sm.objective("hard")(z, y, temperature=tau, margin=m), sm.hard_loss(z, y, margin=m))
+
+
+@settings(max_examples=40, deadline=None)
+@given(problems, temperatures)
+def test_smooth_max_and_relu_match_reference_and_bounds(problem, tau):
+    z, _ = random_problem(*problem)
+    got = np.asarray(sm.smooth_max(z, tau), np.float64)
+    atol = tolerance(z, tau)
+    np.testing.assert_allclose(got, ref_smooth_max(z, tau), rtol=1e-5, atol=atol)
+    n = z.shape[-1]
+    assert np.all(got >= z.max(-1) - atol) and np.all(got <= z.max(-1) + tau * np.log(n) + atol)
+    relu = np.asarray(sm.smooth_relu(z, tau), np.float64)
+    np.testing.assert_allclose(relu, ref_smooth_relu(z, tau), rtol=1e-5, atol=atol)
+    assert np.all(relu >= np.maximum(z, 0) - atol) and np.all(relu <= np.maximum(z, 0) + tau * np.log(2) + atol)
+
+
+def test_smooth_max_upper_bound_is_reached_on_ties():
+    x = jnp.full((3, 7), 2.5)
+    np.testing.assert_allclose(sm.smooth_max(x, 0.5), 2.5 + 0.5 * np.log(7), rtol=1e-6)
+    np.testing.assert_allclose(sm.smooth_max(x, 0.5, axis=0), 2.5 + 0.5 * np.log(3), rtol=1e-6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(problems, temperatures, margins)
+def test_sandwich_bounds(problem, tau, m):
+    z, y = random_problem(*problem)
+    n = z.shape[-1]
+    atol = tolerance(z, tau)
+    hard = np.asarray(sm.hard_loss(z, y, margin=m))
+    lse = np.asarray(sm.lse_loss(z, y, temperature=tau, margin=m))
+    soft = np.asarray(sm.softmax_loss(z, y, temperature=tau, margin=m))
+    assert np.all(hard <= lse + atol) and np.all(lse <= hard + tau * np.log(n - 1) + atol)
+    assert np.all(hard <= soft + atol) and np.all(soft <= hard + tau * np.log(n) + atol)
+
+
+def test_softmax_member_is_cross_entropy_at_unit_temperature():
+    z, y = random_problem(0, 64, 10, 5.0)
+    np.testing.assert_allclose(
+        sm.softmax_loss(z, y), optax.softmax_cross_entropy_with_integer_labels(z, y), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_hard_is_perceptron_and_crammer_singer():
+    z, y = random_problem(1, 32, 10, 2.0)
+    np.testing.assert_allclose(sm.hard_loss(z, y), optax.losses.multiclass_perceptron_loss(z, y), atol=1e-6)
+    np.testing.assert_allclose(sm.hard_loss(z, y, margin=1.0), optax.losses.multiclass_hinge_loss(z, y), atol=1e-6)
+
+
+def test_zero_loss_on_all_equal_logits_only_for_hard_at_zero_margin():
+    z = jnp.zeros((4, 10))
+    y = jnp.arange(4)
+    np.testing.assert_array_equal(sm.hard_loss(z, y), 0.0)
+    np.testing.assert_allclose(sm.lse_loss(z, y, temperature=0.1), 0.1 * np.log(9), rtol=1e-6)
+    np.testing.assert_allclose(sm.softmax_loss(z, y, temperature=0.1), 0.1 * np.log(10), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lse", "softmax"])
+def test_continuity_at_zero_temperature(name):
+    z, y = random_problem(2, 50, 10, 1.0)
+    loss = sm.objective(name)
+    at_zero = np.asarray(loss(z, y, temperature=0.0, margin=0.2))
+    for tau in (1e-2, 1e-3, 1e-4, 1e-6):
+        gap = np.abs(np.asarray(loss(z, y, temperature=tau, margin=0.2)) - at_zero)
+        assert gap.max() <= tau * np.log(10) + 1e-6
+
+
+def test_two_classes_limit():
+    # With one rival the smooth max is exact: lse = hard at every τ; softmax = τ·softplus((z_r − z_y + m)/τ).
+    z, y = random_problem(3, 40, 2, 3.0)
+    u = z[np.arange(40), 1 - y] - z[np.arange(40), y] + 0.5
+    for tau in (0.0, 0.1, 1.0, 3.0):
+        np.testing.assert_allclose(sm.lse_loss(z, y, temperature=tau, margin=0.5), np.maximum(u, 0), atol=1e-6)
+        np.testing.assert_allclose(
+            sm.softmax_loss(z, y, temperature=tau, margin=0.5), ref_smooth_relu(u, tau), atol=1e-5
+        )
+        np.testing.assert_array_equal(sm.implicit_margin(z, y, temperature=tau), 0.0)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.5, 2.0])
+def test_softmax_gradient_is_softmax_minus_onehot(tau):
+    z, y = random_problem(4, 16, 10, 3.0)
+    m = 0.3
+    grad = jax.grad(lambda z: sm.softmax_loss(z, y, temperature=tau, margin=m).sum())(z)
+    onehot = np.eye(10)[y]
+    shifted = (z.astype(np.float64) + m * (1 - onehot)) / tau
+    probs = np.exp(shifted - shifted.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(grad, probs - onehot, atol=1e-6)
+
+
+def test_hard_subgradient_is_one_pair_with_first_index_ties():
+    z = jnp.array([[0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    y = jnp.array([3, 0, 0, 1])
+    grad = jax.grad(lambda z: sm.hard_loss(z, y, margin=1.0).sum())(z)
+    np.testing.assert_array_equal(
+        grad,
+        [[-0.0 + 1, 0, 0, -1], [-1, 1, 0, 0], [0, 0, 0, 0], [1, -1, 0, 0]],
+    )
+    # At m = 0, all-equal logits have zero loss and zero gradient.
+    np.testing.assert_array_equal(jax.grad(lambda z: sm.hard_loss(z, y).sum())(jnp.zeros((4, 4))), 0.0)
+
+
+def test_lse_gradient_reaches_every_rival():
+    z, y = random_problem(5, 8, 10, 0.1)  # small logits: every example is active
+    grad = np.asarray(jax.grad(lambda z: sm.lse_loss(z, y, temperature=1.0).sum())(z))
+    rivals = np.arange(10) != y[:, None]
+    assert np.all(grad[rivals] > 0) and np.allclose(grad.sum(-1), 0, atol=1e-6)
+    np.testing.assert_allclose(grad[~rivals], -1.0, atol=1e-6)
+    hard_grad = np.asarray(jax.grad(lambda z: sm.lse_loss(z, y, temperature=0.0, margin=1.0).sum())(z))
+    assert np.all((hard_grad != 0).sum(-1) == 2)
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda z, y, t, m: sm.family_loss(z, y, max_temperature=t, relu_temperature=0.7 * t, margin=m),
+        lambda z, y, t, m: sm.softmax_loss(z, y, temperature=t, margin=m),
+        lambda z, y, t, m: sm.lse_loss(z, y, temperature=t, margin=m),
+    ],
+)
+def test_check_grads_in_logits_temperature_and_margin(loss):
+    with jax.enable_x64(True):
+        z, y = random_problem(6, 5, 7, 1.0)
+        z = z.astype(np.float64)
+        f = lambda z, t, m: loss(z, y, t, m)  # noqa: E731
+        check_grads(f, (z, 0.6, 0.2), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_check_grads_hard_away_from_kinks():
+    with jax.enable_x64(True):
+        z, y = random_problem(7, 5, 7, 1.0)
+        f = lambda z, m: sm.hard_loss(z, y, margin=m)  # noqa: E731
+        check_grads(f, (z.astype(np.float64), 0.5), order=1, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_temperature_gradient_at_zero_is_finite_and_zero():
+    z, y = random_problem(8, 6, 5, 1.0)
+    for name in ("lse", "softmax"):
+        g = jax.grad(lambda t: sm.objective(name)(z, y, temperature=t).sum())(0.0)
+        assert np.isfinite(g) and g == 0.0
+
+
+# --------------------------------------------------------------------------- transformations
+
+
+def test_jit_and_vmap_over_batch_match_a_loop():
+    z, y = random_problem(9, 6, 10, 2.0)
+    per_example = jax.vmap(lambda zi, yi: sm.softmax_loss(zi, yi, temperature=0.5, margin=0.1))(z, y)
+    loop = [sm.softmax_loss(z[i], y[i], temperature=0.5, margin=0.1) for i in range(6)]
+    np.testing.assert_allclose(per_example, loop, rtol=1e-6)
+    jitted = jax.jit(lambda z, y: sm.softmax_loss(z, y, temperature=0.5, margin=0.1))
+    np.testing.assert_allclose(jitted(z, y), loop, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lse", "softmax"])
+def test_vmap_over_temperatures_including_zero_is_exact_with_finite_gradients(name):
+    z, y = random_problem(10, 12, 10, 2.0)
+    temps = jnp.array([0.0, 0.01, 0.3, 1.0, 3.0])
+    loss = sm.objective(name)
+
+    def mean_loss(z, t, m):
+        return jnp.mean(loss(z, y, temperature=t, margin=m))
+
+    values, grads = jax.vmap(jax.value_and_grad(mean_loss, argnums=(0, 1, 2)), in_axes=(None, 0, 0))(
+        z, temps, 0.1 * temps
+    )
+    for i, t in enumerate(temps):
+        np.testing.assert_allclose(values[i], mean_loss(z, t, 0.1 * t), rtol=1e-6)
+    np.testing.assert_allclose(values[0], jnp.mean(sm.hard_loss(z, y)), rtol=1e-6)
+    for g in grads:
+        assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(grads[0][0], jax.grad(lambda z: jnp.mean(sm.hard_loss(z, y)))(z))
+
+
+def test_per_example_temperature_and_margin():
+    z, y = random_problem(11, 4, 6, 1.0)
+    temps = np.array([0.0, 0.1, 1.0, 2.0], np.float32)
+    margins = np.array([0.0, 0.5, -0.2, 1.0], np.float32)
+    got = sm.softmax_loss(z, y, temperature=temps, margin=margins)
+    for i in range(4):
+        np.testing.assert_allclose(got[i], ref_family(z[i], y[i], temps[i], temps[i], margins[i]), atol=1e-5)
+
+
+def test_no_recompilation_across_temperatures_and_margins():
+    traces = []
+
+    @jax.jit
+    def step(z, y, t, m):
+        traces.append(1)
+        return jax.grad(lambda z: sm.lse_loss(z, y, temperature=t, margin=m).mean())(z)
+
+    z, y = random_problem(12, 8, 10, 1.0)
+    for t in (0.0, 0.1, 0.5, 2.0):
+        step(z, y, t, t / 2)
+    assert len(traces) == 1
+
+
+# --------------------------------------------------------------------------- numerics and dtypes
+
+
+@pytest.mark.parametrize("name", ["hard", "lse", "softmax"])
+@pytest.mark.parametrize("tau", [1e-6, 1.0])
+def test_extreme_logits_stay_finite(name, tau):
+    z = jnp.array([[1e30, -1e30, 0.0], [-1e30, 1e30, 5.0], [3.0, 3.0, 3.0]])
+    y = jnp.array([0, 0, 2])
+    loss = lambda z: sm.objective(name)(z, y, temperature=tau, margin=0.5)  # noqa: E731
+    values = loss(z)
+    grads = jax.grad(lambda z: loss(z).sum())(z)
+    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
+    np.testing.assert_allclose(values[1], 2e30, rtol=1e-6)
+    assert values[0] == 0.0 or values[0] < 1e-20
+
+
+@pytest.mark.parametrize("name", ["hard", "lse", "softmax"])
+def test_minus_inf_rivals_have_no_effect_and_nan_propagates(name):
+    loss = functools.partial(sm.objective(name), temperature=0.5, margin=0.1)
+    z = jnp.array([[1.0, -jnp.inf, 0.5, -jnp.inf]])
+    y = jnp.array([0])
+    np.testing.assert_allclose(loss(z, y), loss(z[:, :3:2], y), rtol=1e-6)
+    grads = jax.grad(lambda z: loss(z, y).sum())(z)
+    assert np.all(np.isfinite(grads)) and grads[0, 1] == 0 and grads[0, 3] == 0
+    # Only -inf rivals: nothing to beat.
+    np.testing.assert_array_equal(loss(jnp.array([[0.0, -jnp.inf]]), y), 0.0)
+    assert loss(jnp.array([[-jnp.inf, 0.0]]), y)[0] == jnp.inf
+    assert np.isnan(loss(jnp.array([[0.0, jnp.nan, 1.0]]), y)[0])
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_logits_are_computed_in_float32(dtype):
+    z, y = random_problem(13, 32, 10, 2.0)
+    low = jnp.asarray(z, dtype)
+    for name in ("hard", "lse", "softmax"):
+        got = sm.objective(name)(low, y, temperature=0.3, margin=0.1)
+        assert got.dtype == jnp.float32
+        want = sm.objective(name)(low.astype(jnp.float32), y, temperature=0.3, margin=0.1)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        grad = jax.grad(lambda z: sm.objective(name)(z, y, temperature=0.3).sum())(low)
+        assert grad.dtype == dtype
+
+
+def test_float64_under_x64():
+    with jax.enable_x64(True):
+        z, y = random_problem(14, 8, 10, 2.0)
+        got = sm.softmax_loss(z.astype(np.float64), y, temperature=0.2, margin=0.3)
+        assert got.dtype == jnp.float64
+        np.testing.assert_allclose(got, ref_family(z, y, 0.2, 0.2, 0.3), rtol=1e-12, atol=1e-12)
+
+
+def test_batch_dimensions_are_preserved():
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    y = rng.integers(0, 5, (2, 3))
+    assert sm.lse_loss(z, y).shape == (2, 3)
+    np.testing.assert_allclose(sm.lse_loss(z, y).reshape(-1), sm.lse_loss(z.reshape(6, 5), y.reshape(6)), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("name", ["hard", "lse", "softmax"])
+def test_bad_inputs_raise_clear_errors(name):
+    loss = sm.objective(name)
+    z = jnp.zeros((3, 4))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        loss(z, jnp.array([0, 4, 1]))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        loss(z, jnp.array([0, -1, 1]))
+    with pytest.raises(ValueError, match="labels shape"):
+        loss(z, jnp.array([0, 1]))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        loss(jnp.zeros((3, 1)), jnp.array([0, 0, 0]))
+    with pytest.raises(ValueError, match="integer"):
+        loss(z, jnp.array([0.0, 1.0, 2.0]))
+    if name != "hard":
+        with pytest.raises(ValueError, match="temperature must be >= 0"):
+            loss(z, jnp.array([0, 1, 2]), temperature=-0.1)
+        with pytest.raises(ValueError, match="NaN"):
+            loss(z, jnp.array([0, 1, 2]), temperature=float("nan"))
+
+
+def test_family_and_helpers_reject_bad_temperatures():
+    with pytest.raises(ValueError, match="relu_temperature"):
+        sm.family_loss(jnp.zeros((2, 3)), jnp.array([0, 1]), max_temperature=1.0, relu_temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        sm.smooth_max(jnp.zeros(3), -1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        sm.smooth_relu(jnp.zeros(3), float("nan"))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        sm.softmax_loss(jnp.zeros((2, 3)), jnp.array([0, 1]), temperature=jnp.ones(3))
+    with pytest.raises(ValueError, match="unknown objective 'focal'"):
+        sm.objective("focal")
+
+
+@pytest.mark.parametrize("name", ["hard", "lse", "softmax"])
+def test_out_of_range_label_under_jit_gives_nan(name):
+    z = jnp.ones((3, 4)) * jnp.arange(4.0)
+    f = jax.jit(lambda z, y: sm.objective(name)(z, y, temperature=0.5))
+    values = f(z, jnp.array([0, 7, -2]))
+    assert np.isfinite(values[0]) and np.isnan(values[1]) and np.isnan(values[2])
+    grads = jax.jit(jax.grad(lambda z, y: sm.objective(name)(z, y, temperature=0.5).sum()))(z, jnp.array([0, 7, 1]))
+    assert np.any(np.isnan(grads[1])) and np.all(np.isfinite(grads[0]))
