@@ -1,0 +1,294 @@
+"""The CIFAR-10 pipeline on fixtures written here in the real formats (never the real dataset)."""
+
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from smoothmax import data
+
+CLASSES = data.CIFAR10_CLASSES
+
+
+def fake_split(rng, per_class, classes=10):
+    labels = np.repeat(np.arange(classes), per_class).astype(np.int32)
+    rng.shuffle(labels)
+    images = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    return images, labels
+
+
+def write_official(root: Path, as_archive: bool, rng):
+    """The official python format: 5 train batches, a test batch and batches.meta, pickled as bytes dicts."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train = fake_split(rng, 3)
+    test = fake_split(rng, 2)
+
+    def dump(name, images, labels):
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # R plane, G plane, B plane
+        batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in labels], b"data": rows,
+                 b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+    parts = np.array_split(np.arange(len(train[1])), 5)
+    for i, idx in enumerate(parts, 1):
+        dump(f"data_batch_{i}", train[0][idx], train[1][idx])
+    dump("test_batch", *test)
+    meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": 6, b"num_vis": 3072}
+    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    if not as_archive:
+        return folder, train, test
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return archive, train, test
+
+
+def write_folder(root: Path, classes, rng, suffix=".png", per_class=(3, 2), quality=95):
+    expected = {}
+    for split, count in zip(("train", "test"), per_class):
+        images, labels = [], []
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                # Smooth images, so that JPEG's loss stays small.
+                img = np.clip(rng.integers(40, 200, (1, 1, 3)) + np.arange(32)[:, None, None], 0, 255)
+                img = np.broadcast_to(img, (32, 32, 3)).astype(np.uint8)
+                Image.fromarray(img).save(root / split / cls / f"{i:04d}{suffix}", quality=quality)
+                images.append(img)
+                labels.append(cls)
+        expected[split] = (np.stack(images), labels)
+    return expected
+
+
+def tgz(folder: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w:gz") as tar:
+        for split in ("train", "test"):
+            tar.add(folder / split, arcname=split)
+    return dest
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("as_archive", [True, False])
+def test_official_format_gives_exact_pixels_and_labels(tmp_path, rng, as_archive):
+    path, train, test = write_official(tmp_path, as_archive, rng)
+    ds = data.load_cifar10(path, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.train_images, train[0])
+    np.testing.assert_array_equal(ds.train_labels, train[1])
+    np.testing.assert_array_equal(ds.test_images, test[0])
+    np.testing.assert_array_equal(ds.test_labels, test[1])
+    assert ds.class_names == CLASSES and ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
+    # The extracted folder's parent works too.
+    if not as_archive:
+        again = data.load_cifar10(tmp_path, cache_dir=tmp_path / "cache2")
+        np.testing.assert_array_equal(again.train_images, train[0])
+
+
+def test_png_folder_uses_official_class_order(tmp_path, rng):
+    classes = list(CLASSES)[::-1]  # written in reverse: the loader must still use the official order
+    expected = write_folder(tmp_path / "tree", classes, rng)
+    ds = data.load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert ds.class_names == CLASSES
+    for split in ("train", "test"):
+        images = getattr(ds, f"{split}_images")
+        labels = getattr(ds, f"{split}_labels")
+        want_images, want_names = expected[split]
+        # Match each written image to its loaded copy through its label and pixels.
+        loaded = {(CLASSES[l], img.tobytes()) for img, l in zip(images, labels)}
+        written = {(c, img.tobytes()) for img, c in zip(want_images, want_names)}
+        assert loaded == written and len(images) == len(want_images)
+
+
+def test_other_class_names_are_sorted(tmp_path, rng):
+    write_folder(tmp_path, ["zebra", "ant", "moose"], rng)
+    ds = data.load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
+    assert ds.class_names == ("ant", "moose", "zebra")
+    assert sorted(set(ds.train_labels.tolist())) == [0, 1, 2]
+
+
+def test_jpeg_tgz_within_jpeg_loss(tmp_path, rng):
+    expected = write_folder(tmp_path / "tree", list(CLASSES), rng, suffix=".jpg", quality=75)
+    archive = tgz(tmp_path / "tree", tmp_path / "cifar10-jpeg.tgz")
+    ds = data.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    assert ds.train_images.shape == (30, 32, 32, 3) and ds.test_images.shape == (20, 32, 32, 3)
+    for split in ("train", "test"):
+        images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
+        want_images, want_names = expected[split]
+        # Within a class, files load in name order, as they were written.
+        for cls_index, cls in enumerate(CLASSES):
+            got = images[labels == cls_index].astype(int)
+            want = want_images[[n == cls for n in want_names]].astype(int)
+            assert np.abs(got - want).mean() < 3.0
+
+
+def test_cache_hit_and_invalidation(tmp_path, rng, monkeypatch):
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    first = data.load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+    def no_decode(path):
+        raise AssertionError("decoded again despite a cache entry")
+
+    monkeypatch.setattr(data, "_decode", no_decode)
+    second = data.load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(first.train_images, second.train_images)
+    assert second.class_names == first.class_names
+    monkeypatch.undo()
+    # A changed image changes the content hash: a new entry.
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "tree" / "train" / "a" / "0000.png")
+    third = data.load_cifar10(tmp_path / "tree", cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert not np.array_equal(third.train_images, first.train_images)
+
+
+def expect_error(tmp_path, path, match):
+    with pytest.raises(data.DatasetError, match=match):
+        data.load_cifar10(path, cache_dir=tmp_path / "cache")
+    cache = tmp_path / "cache"
+    assert not cache.exists() or not any(cache.iterdir()), "a failed load left a cache entry"
+
+
+def test_missing_path(tmp_path):
+    expect_error(tmp_path, tmp_path / "nope.tgz", "does not exist")
+
+
+def test_truncated_archive(tmp_path, rng):
+    archive, _, _ = write_official(tmp_path, True, rng)
+    blob = archive.read_bytes()
+    archive.write_bytes(blob[: len(blob) // 2])
+    expect_error(tmp_path, archive, "truncated or corrupt")
+
+
+def test_corrupt_pickle(tmp_path, rng):
+    folder, _, _ = write_official(tmp_path, False, rng)
+    (folder / "data_batch_3").write_bytes(b"not a pickle")
+    expect_error(tmp_path, folder, "data_batch_3")
+
+
+def test_unreadable_image(tmp_path, rng):
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    (tmp_path / "tree" / "train" / "b" / "0001.png").write_bytes(b"\x89PNG garbage")
+    expect_error(tmp_path, tmp_path / "tree", r"train/b/0001.png: unreadable image")
+
+
+def test_wrong_image_size(tmp_path, rng):
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "tree" / "test" / "a" / "0000.png")
+    expect_error(tmp_path, tmp_path / "tree", r"test/a/0000.png: image is 16x16, expected 32x32")
+
+
+def test_class_folders_differ(tmp_path, rng):
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    (tmp_path / "tree" / "test" / "b").rename(tmp_path / "tree" / "test" / "c")
+    expect_error(tmp_path, tmp_path / "tree", r"class folders differ.*only in train: \['b'\].*only in test: \['c'\]")
+
+
+def test_empty_class(tmp_path, rng):
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    for f in (tmp_path / "tree" / "train" / "b").iterdir():
+        f.unlink()
+    expect_error(tmp_path, tmp_path / "tree", "train/b is empty")
+    archive = tgz(tmp_path / "tree", tmp_path / "tree.tgz")
+    expect_error(tmp_path, archive, "train/b is empty")
+
+
+class FakeResponse(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_download_checks_md5_and_explains_offline_use(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: FakeResponse(b"wrong bytes"))
+    with pytest.raises(data.DatasetError, match="md5"):
+        data.load_cifar10(cache_dir=tmp_path)
+    assert not any(tmp_path.iterdir())
+
+    def offline(url, timeout):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    with pytest.raises(data.DatasetError, match="data.path"):
+        data.load_cifar10(cache_dir=tmp_path)
+    with pytest.raises(data.DatasetError, match="download=False"):
+        data.load_cifar10(download=False, cache_dir=tmp_path)
+
+
+def test_synthetic_is_deterministic_and_cifar_shaped():
+    a = data.synthetic(seed=3, num_train=200, num_test=50)
+    b = data.synthetic(seed=3, num_train=200, num_test=50)
+    c = data.synthetic(seed=4, num_train=200, num_test=50)
+    np.testing.assert_array_equal(a.train_images, b.train_images)
+    assert not np.array_equal(a.train_images, c.train_images)
+    assert a.train_images.shape == (200, 32, 32, 3) and a.train_images.dtype == np.uint8
+    assert a.test_labels.shape == (50,) and a.num_classes == 10
+    assert a.mean.shape == (3,) and np.all(a.std > 0)
+    with pytest.raises(ValueError, match="difficulty"):
+        data.synthetic(difficulty=2.0)
+
+
+def test_epoch_batches_are_deterministic_full_and_reshuffled():
+    a = data.epoch_permutation(103, 10, seed=1, epoch=0)
+    assert a.shape == (10, 10) and len(set(a.ravel())) == 100
+    np.testing.assert_array_equal(a, data.epoch_permutation(103, 10, seed=1, epoch=0))
+    assert not np.array_equal(a, data.epoch_permutation(103, 10, seed=1, epoch=1))
+    seen = np.concatenate([idx[mask] for idx, mask in data.eval_batches(103, 10)])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(103))
+
+
+def test_augmentation_shapes_determinism_and_variety():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)), jnp.float32)
+    key = jax.random.key(0)
+    out = jax.jit(data.augment)(key, images)
+    assert out.shape == images.shape
+    np.testing.assert_array_equal(out, jax.jit(data.augment)(key, images))
+    other = data.augment(jax.random.key(1), images)
+    assert not np.array_equal(out, other)
+    # Each output is a crop of the reflect-padded input, possibly mirrored.
+    padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
+    for i in range(8):
+        found = any(
+            np.array_equal(np.asarray(out[i]), crop[:, ::flip])
+            for dy in range(9) for dx in range(9) for flip in (1, -1)
+            for crop in [padded[i, dy:dy + 32, dx:dx + 32]]
+        )
+        assert found
+    # Over a batch, both flips and many offsets occur.
+    unchanged = [np.array_equal(np.asarray(out[i]), np.asarray(images[i])) for i in range(64)]
+    assert sum(unchanged) < 16
+
+
+def test_sharded_batches_on_four_host_devices(tmp_path):
+    script = textwrap.dedent("""
+        import numpy as np, jax
+        from smoothmax import data
+        assert jax.device_count() == 4, jax.devices()
+        mesh = data.data_mesh()
+        idx = data.host_indices(np.arange(8))
+        images = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)
+        x, y = data.shard_batch(mesh, images[idx], idx.astype(np.int32))
+        assert x.shape == (8, 2) and len(x.addressable_shards) == 4
+        assert [s.data.shape for s in x.addressable_shards] == [(2, 2)] * 4
+        np.testing.assert_array_equal(np.asarray(x), images)
+        print("ok")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "ok" in result.stdout
