@@ -1,0 +1,26 @@
+"""CPU recipe: the airbench-style CNN (widths 32/64/128) on the JPEG CIFAR-10 in ../shared, on 2 cores.
+
+    smoothmax train --config configs/cifar10_cpu.py:softmax --workdir runs/cpu-softmax
+
+Variants: hard, hard-m1, lse, softmax. Measured results are in the README (JPEG copy of CIFAR-10, so a
+little below published CIFAR-10 numbers).
+"""
+
+from smoothmax.config import base_config, objective_variant
+
+
+def get_config(arg: str = "softmax"):
+    c = base_config()
+    c.epochs = 8
+    c.data.name = "cifar10"
+    c.data.path = "../shared/data/cifar10-jpeg.tgz"
+    c.data.download = False
+    c.data.batch_size = 256
+    c.model.name = "cnn"
+    c.model.widths = (32, 64, 128)
+    c.optimizer.learning_rate = 0.2
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.warmup_fraction = 0.15
+    c.optimizer.decay = "linear"
+    c.eval_every_epochs = 2
+    return objective_variant(c, arg)

@@ -1,0 +1,5 @@
+import sys
+
+from smoothmax.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""Flax NNX classifiers for CIFAR-10: an airbench-style CNN, a ResNet-18-style network, two heads.
+
+Heads:
+* ``linear``: ``z = W·x + b``. The network can scale its logits freely, and so undo a temperature.
+* ``cosine`` (NormFace): ``z_i = cos(x, w_i) ∈ [−1, 1]``. The logit range is fixed, so the loss
+  temperature really sets the smoothness (τ plays the role of 1/s in NormFace/AM-Softmax).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class LinearHead(nnx.Module):
+    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.dense = nnx.Linear(features, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.dense(x)
+
+
+class CosineHead(nnx.Module):
+    """Cosine similarity between the feature and each class weight: logits in [−1, 1]."""
+
+    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(1.0)
+        self.weight = nnx.Param(init(rngs.params(), (features, num_classes)))
+
+    def __call__(self, x):
+        x = x.astype(jnp.float32)
+        w = self.weight[...].astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
+        w = w * jax.lax.rsqrt(jnp.sum(w * w, 0, keepdims=True) + 1e-12)
+        return x @ w
+
+
+HEADS = {"linear": LinearHead, "cosine": CosineHead}
+
+
+def make_head(name: str, features: int, num_classes: int, rngs: nnx.Rngs):
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
+    return HEADS[name](features, num_classes, rngs=rngs)
+
+
+def _conv(cin, cout, rngs, dtype, stride=1, kernel=3):
+    return nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding="SAME", use_bias=False,
+                    dtype=dtype, rngs=rngs)
+
+
+def _bn(features, rngs, momentum, dtype):
+    return nnx.BatchNorm(features, momentum=momentum, epsilon=1e-5, dtype=dtype, rngs=rngs)
+
+
+class ConvBlock(nnx.Module):
+    """conv → max-pool 2×2 → BN → GELU → conv → BN → GELU (airbench's block)."""
+
+    def __init__(self, cin, cout, *, rngs, bn_momentum, dtype):
+        self.conv1 = _conv(cin, cout, rngs, dtype)
+        self.bn1 = _bn(cout, rngs, bn_momentum, dtype)
+        self.conv2 = _conv(cout, cout, rngs, dtype)
+        self.bn2 = _bn(cout, rngs, bn_momentum, dtype)
+
+    def __call__(self, x):
+        x = self.conv1(x)
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        x = nnx.gelu(self.bn1(x))
+        return nnx.gelu(self.bn2(self.conv2(x)))
+
+
+class CNN(nnx.Module):
+    """A fast CIFAR-10 CNN: a stem conv, three pooled blocks, global max-pool, a head."""
+
+    def __init__(self, widths=(64, 128, 256), num_classes=10, head="linear", *, bn_momentum=0.9,
+                 dtype=jnp.float32, rngs: nnx.Rngs):
+        stem = widths[0] // 2
+        self.stem = _conv(3, stem, rngs, dtype)
+        self.stem_bn = _bn(stem, rngs, bn_momentum, dtype)
+        chans = (stem,) + tuple(widths)
+        self.blocks = nnx.List(
+            [ConvBlock(chans[i], chans[i + 1], rngs=rngs, bn_momentum=bn_momentum, dtype=dtype)
+             for i in range(len(widths))]
+        )
+        self.head = make_head(head, widths[-1], num_classes, rngs)
+
+    def __call__(self, x):
+        x = nnx.gelu(self.stem_bn(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(jnp.max(x, axis=(1, 2)).astype(jnp.float32))
+
+
+class BasicBlock(nnx.Module):
+    def __init__(self, cin, cout, stride, *, rngs, bn_momentum, dtype):
+        self.conv1 = _conv(cin, cout, rngs, dtype, stride)
+        self.bn1 = _bn(cout, rngs, bn_momentum, dtype)
+        self.conv2 = _conv(cout, cout, rngs, dtype)
+        self.bn2 = _bn(cout, rngs, bn_momentum, dtype)
+        self.shortcut = None
+        if stride != 1 or cin != cout:
+            self.shortcut = _conv(cin, cout, rngs, dtype, stride, kernel=1)
+            self.shortcut_bn = _bn(cout, rngs, bn_momentum, dtype)
+
+    def __call__(self, x):
+        y = nnx.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
+        return nnx.relu(y + skip)
+
+
+class ResNet(nnx.Module):
+    """ResNet-18 for 32×32 inputs: 3×3 stem, four stages of two basic blocks, average pool, a head."""
+
+    def __init__(self, widths=(64, 128, 256, 512), blocks_per_stage=2, num_classes=10, head="linear", *,
+                 bn_momentum=0.9, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.stem = _conv(3, widths[0], rngs, dtype)
+        self.stem_bn = _bn(widths[0], rngs, bn_momentum, dtype)
+        blocks, cin = [], widths[0]
+        for stage, width in enumerate(widths):
+            for i in range(blocks_per_stage):
+                stride = 2 if stage > 0 and i == 0 else 1
+                blocks.append(BasicBlock(cin, width, stride, rngs=rngs, bn_momentum=bn_momentum, dtype=dtype))
+                cin = width
+        self.blocks = nnx.List(blocks)
+        self.head = make_head(head, widths[-1], num_classes, rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.stem_bn(self.stem(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(jnp.mean(x, axis=(1, 2)).astype(jnp.float32))
+
+
+def make_model(config, num_classes: int, seed: int):
+    """The network that ``config`` (``model.name``, ``widths``, ``head``, ...) describes."""
+    rngs = nnx.Rngs(params=seed)
+    dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
+    common = dict(num_classes=num_classes, head=config.head, bn_momentum=config.bn_momentum, dtype=dtype,
+                  rngs=rngs)
+    if config.name == "cnn":
+        return CNN(tuple(config.widths), **common)
+    if config.name == "resnet18":
+        return ResNet(tuple(config.widths), **common)
+    raise ValueError(f"unknown model {config.name!r}: choose cnn or resnet18")
