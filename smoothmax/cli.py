@@ -1,4 +1,9 @@
-"""Command line: ``smoothmax train --config configs/cifar10_cpu.py:softmax --workdir runs/x [--config.k=v]``."""
+"""Command line.
+
+    smoothmax train  --config configs/cifar10_cpu.py:softmax --workdir runs/x [--config.key=value ...]
+    smoothmax sweep  --config configs/sweep_temperature.py --workdir runs/sweep [--shard i/n] [--population auto]
+    smoothmax report runs/sweep
+"""
 
 from __future__ import annotations
 
@@ -52,20 +57,46 @@ def main(argv=None) -> int:
     train.add_argument("--no-progress", dest="progress", action="store_false")
     train.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() first (one process per host)")
+    sweep = sub.add_parser("sweep", help="run (or resume) a sweep's grid, then write its report")
+    sweep.add_argument("--config", required=True, help="path/to/sweep_config.py[:variant]")
+    sweep.add_argument("--workdir", required=True)
+    sweep.add_argument("--shard", default="0/1", help="i/n: run every n-th point starting at i")
+    sweep.add_argument("--population", default="auto", choices=("auto", "vmap", "sequential"),
+                       help="how members that differ only in τ, m or seed train: vmapped in one step, "
+                            "or one after another through one compiled step (auto: vmap on GPU/TPU)")
+    sweep.add_argument("--no-progress", dest="progress", action="store_false")
+    sweep.add_argument("--distributed", action="store_true")
+    report = sub.add_parser("report", help="write report.md and figures for a sweep workdir")
+    report.add_argument("workdir")
     args = parser.parse_args(argv)
 
     try:
-        config = load_config(args.config, overrides)
-    except ConfigError as err:
+        if args.command == "train":
+            from smoothmax.train import train_and_evaluate
+
+            config = load_config(args.config, overrides)
+            _init_distributed(args.distributed)
+            summary = train_and_evaluate(config, args.workdir, resume=args.resume, progress=args.progress)
+            keys = ("objective", "temperature", "margin", "head", "test_accuracy", "test_ce", "wall_seconds")
+            print(json.dumps({k: summary[k] for k in keys}))
+        elif args.command == "sweep":
+            from smoothmax.report import markdown_table, summary_table, write_report
+            from smoothmax.sweep import parse_shard, run_sweep
+
+            shard = parse_shard(args.shard)
+            _init_distributed(args.distributed)
+            summaries = run_sweep(args.config, args.workdir, shard=shard, mode=args.population,
+                                  overrides=overrides, progress=args.progress)
+            print(markdown_table(summary_table(summaries)))
+            if shard[1] == 1:
+                print(f"report: {write_report(args.workdir)}")
+        elif args.command == "report":
+            from smoothmax.report import write_report
+
+            print(f"report: {write_report(args.workdir)}")
+    except (ConfigError, FileNotFoundError) as err:
         print(f"smoothmax: error: {err}", file=sys.stderr)
         return 2
-    if args.command == "train":
-        from smoothmax.train import train_and_evaluate
-
-        _init_distributed(args.distributed)
-        summary = train_and_evaluate(config, args.workdir, resume=args.resume, progress=args.progress)
-        keys = ("objective", "temperature", "margin", "head", "test_accuracy", "test_ce", "wall_seconds")
-        print(json.dumps({k: summary[k] for k in keys}))
     return 0
 
 

@@ -36,10 +36,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256
     c.data.eval_batch_size = 1000
     c.data.augment = True
+    c.data.train_subset = 0  # cifar10: train on a fixed random subset of this many images (0 = all)
     c.data.num_train = 10_000  # synthetic only
     c.data.num_test = 2_000
     c.data.difficulty = 0.5
     c.data.synthetic_seed = 0
+    # Batch order and augmentation follow data.seed; the top-level seed sets the initial weights. Runs
+    # that differ only in seed therefore see one data stream and can train as one population.
+    c.data.seed = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"  # cnn | resnet18

@@ -314,6 +314,14 @@ def _from_image_files(items, where: str) -> Dataset:
     return Dataset(*arrays, class_names=classes)
 
 
+def subset(ds: Dataset, num_train: int, seed: int = 0) -> Dataset:
+    """The same dataset with a fixed random ``num_train`` of its training images (the test set whole)."""
+    if not 0 < num_train <= len(ds.train_labels):
+        raise ValueError(f"train subset of {num_train} images: the dataset has {len(ds.train_labels)}")
+    keep = np.sort(np.random.default_rng(seed).permutation(len(ds.train_labels))[:num_train])
+    return dataclasses.replace(ds, train_images=ds.train_images[keep], train_labels=ds.train_labels[keep])
+
+
 # --------------------------------------------------------------------------- the synthetic set
 
 

@@ -105,33 +105,52 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 
 # --------------------------------------------------------------------------- steps
 
+# Keys that change a member's numbers but not its program: runs that differ only in these share one
+# compiled step (τ, m are traced scalars; the seed only sets initial weights).
+MEMBER_KEYS = ("seed", "loss.temperature", "loss.margin", "loss.final_temperature", "loss.final_margin")
+
+
+def static_key(cfg) -> str:
+    """The part of a config that fixes the compiled program (everything but :data:`MEMBER_KEYS`)."""
+    flat = json.loads(cfg.to_json_best_effort())
+    for key in MEMBER_KEYS:
+        *parents, leaf = key.split(".")
+        node = flat
+        for part in parents:
+            node = node[part]
+        node.pop(leaf, None)
+    return json.dumps(flat, sort_keys=True)
+
 
 @dataclasses.dataclass
 class Program:
-    """The compiled pieces of one run: model definition, steps and the data placement."""
+    """The compiled pieces shared by every member of a run: model definition, steps, data placement.
 
-    graphdef_train: Any
-    graphdef_eval: Any
+    With ``members = K`` the steps are ``vmap``ped over stacked parameters, optimizer states and
+    per-member (τ, m), while images, labels and the augmentation key are shared.
+    """
+
+    graphdef: Any
     optimizer: optax.GradientTransformation
     mesh: Any
+    members: int | None
     train_step: Any
     eval_step: Any
 
 
-def build_program(cfg, model, mean, std, num_classes: int) -> Program:
+def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
     loss_fn = objective(cfg.loss.name)
-    model.train()
-    graphdef_train, _, _ = nnx.split(model, nnx.Param, ...)
-    model.eval()
-    graphdef_eval, _, _ = nnx.split(model, nnx.Param, ...)
+    model = make_model(cfg.model, num_classes, cfg.seed)
+    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(cfg)
     mesh = data_lib.data_mesh()
     augment = cfg.data.augment
 
-    def forward(graphdef, params, rest, images):
+    def forward(params, rest, images, training):
         # Fresh variables at this trace level: NNX refuses to mutate variables made at an outer one.
         params, rest = jax.tree.map(lambda x: x, (params, rest))
         model = nnx.merge(graphdef, params, rest)
+        model.train() if training else model.eval()
         logits = model(data_lib.normalize(images, mean, std))
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
         return logits, new_rest
@@ -141,7 +160,7 @@ def build_program(cfg, model, mean, std, num_classes: int) -> Program:
             images = data_lib.augment(key, images.astype(jnp.float32))
 
         def loss_of(params, rest):
-            logits, new_rest = forward(graphdef_train, params, rest, images)
+            logits, new_rest = forward(params, rest, images, training=True)
             losses = loss_fn(logits, labels, temperature=temperature, margin=margin)
             return jnp.mean(losses), (logits, new_rest)
 
@@ -157,12 +176,16 @@ def build_program(cfg, model, mean, std, num_classes: int) -> Program:
         return params, new_rest, opt_state, metrics
 
     def eval_step(params, rest, images, labels, mask, temperature, margin):
-        logits, _ = forward(graphdef_eval, params, rest, images)
+        logits, _ = forward(params, rest, images, training=False)
         safe_labels = jnp.where(mask, labels, 0)
         w = mask.astype(jnp.float32)
-        loss = loss_fn(logits, safe_labels, temperature=temperature, margin=margin)
+        loss, pullback = jax.vjp(
+            lambda z: loss_fn(z, safe_labels, temperature=temperature, margin=margin), logits
+        )
+        # Gradient support: how many logits of an example receive a nonzero gradient.
+        (logit_grads,) = pullback(jnp.ones_like(loss))
+        support = jnp.sum(logit_grads != 0, axis=-1)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
-        margins = logit_margin(logits, safe_labels)
         implicit = implicit_margin(logits, safe_labels, temperature=temperature)
         return {
             "loss": jnp.sum(loss * w),
@@ -170,22 +193,48 @@ def build_program(cfg, model, mean, std, num_classes: int) -> Program:
             "correct": jnp.sum((jnp.argmax(logits, -1) == safe_labels) * w),
             "implicit_margin": jnp.sum(implicit * w),
             "zero_loss": jnp.sum((loss == 0) * w),
+            "gradient_support": jnp.sum(support * w),
             "count": jnp.sum(w),
-        }, margins
+        }, logit_margin(logits, safe_labels)
 
-    return Program(
-        graphdef_train, graphdef_eval, optimizer, mesh,
-        jax.jit(train_step, donate_argnums=(0, 1, 2, 3)), jax.jit(eval_step),
-    )
-
-
-def zero_metrics():
-    return {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
-            "count": jnp.zeros((), jnp.int32)}
+    if members is not None:
+        shared = None
+        train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, shared, shared, shared, 0, 0))
+        eval_step = jax.vmap(eval_step, in_axes=(0, 0, shared, shared, shared, 0, 0))
+    return Program(graphdef, optimizer, mesh, members, jax.jit(train_step, donate_argnums=(0, 1, 2, 3)),
+                   jax.jit(eval_step))
 
 
-def evaluate(program: Program, params, rest, images, labels, cfg, temperature, margin) -> dict:
-    """Metrics over every example of (images, labels), each counted once."""
+_PROGRAMS: dict[tuple, Program] = {}
+
+
+def get_program(cfg, dataset, members: int | None = None) -> Program:
+    """A cached :class:`Program`: runs with the same static config and data reuse its compilation."""
+    key = (static_key(cfg), dataset.mean.tobytes(), dataset.std.tobytes(), dataset.num_classes, members,
+           tuple(jax.devices()))
+    if key not in _PROGRAMS:
+        _PROGRAMS[key] = build_program(cfg, dataset.mean, dataset.std, dataset.num_classes, members)
+    return _PROGRAMS[key]
+
+
+def init_state(cfg, program: Program, num_classes: int):
+    """Parameters, BatchNorm statistics and optimizer state of a fresh model seeded by ``cfg.seed``."""
+    _, params, rest = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+    return params, rest, program.optimizer.init(params)
+
+
+def zero_metrics(lead=()):
+    return {"loss": jnp.zeros(lead, jnp.float32), "correct": jnp.zeros(lead, jnp.int32),
+            "count": jnp.zeros(lead, jnp.int32)}
+
+
+def _histogram(values: np.ndarray, bins: int = 60) -> dict:
+    counts, edges = np.histogram(values, bins=bins)
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
+
+
+def evaluate(program: Program, params, rest, images, labels, cfg, temperature, margin) -> list[dict]:
+    """Metrics of each member over every example of (images, labels), each example counted once."""
     sums, margins = None, []
     batch = cfg.data.eval_batch_size
     batch -= batch % len(program.mesh.devices.ravel())
@@ -194,21 +243,28 @@ def evaluate(program: Program, params, rest, images, labels, cfg, temperature, m
         x, y, m = data_lib.shard_batch(program.mesh, images[idx[local]], labels[idx[local]], mask[local])
         out, batch_margins = program.eval_step(params, rest, x, y, m, temperature, margin)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        margins.append(np.asarray(batch_margins)[mask])
-    sums = jax.tree.map(float, jax.device_get(sums))
-    margins = np.concatenate(margins)
-    n = sums["count"]
-    return {
-        "accuracy": sums["correct"] / n,
-        "loss": sums["loss"] / n,
-        "ce": sums["ce"] / n,
-        "implicit_margin_mean": sums["implicit_margin"] / n,
-        "zero_loss_fraction": sums["zero_loss"] / n,
-        "logit_margin_mean": float(margins.mean()),
-        "logit_margin_quantiles": {
-            str(q): float(np.quantile(margins, q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
-        },
-    }
+        margins.append(np.asarray(batch_margins)[..., mask])
+    sums = jax.device_get(sums)
+    margins = np.concatenate(margins, axis=-1)
+    if program.members is None:
+        sums, margins = jax.tree.map(lambda x: x[None], sums), margins[None]
+    results = []
+    for k in range(len(margins)):
+        n = float(sums["count"][k])
+        results.append({
+            "accuracy": float(sums["correct"][k]) / n,
+            "loss": float(sums["loss"][k]) / n,
+            "ce": float(sums["ce"][k]) / n,
+            "implicit_margin_mean": float(sums["implicit_margin"][k]) / n,
+            "zero_loss_fraction": float(sums["zero_loss"][k]) / n,
+            "gradient_support_mean": float(sums["gradient_support"][k]) / n,
+            "logit_margin_mean": float(margins[k].mean()),
+            "logit_margin_histogram": _histogram(margins[k]),
+            "logit_margin_quantiles": {
+                str(q): float(np.quantile(margins[k], q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
+            },
+        })
+    return results
 
 
 # --------------------------------------------------------------------------- data and checkpoints
@@ -221,15 +277,17 @@ def load_data(cfg) -> data_lib.Dataset:
                                   difficulty=d.difficulty)
     if d.name == "cifar10":
         path = None if not d.path else Path(d.path).expanduser()
-        return data_lib.load_cifar10(path, download=d.download, cache_dir=d.cache_dir or None)
+        ds = data_lib.load_cifar10(path, download=d.download, cache_dir=d.cache_dir or None)
+        return data_lib.subset(ds, d.train_subset) if d.train_subset else ds
     raise ValueError(f"unknown data.name {d.name!r}: choose cifar10 or synthetic")
 
 
-def _checkpoint_manager(workdir: Path, cfg):
+def _checkpoint_manager(directory: Path, cfg):
+    """Orbax writes each checkpoint into a temporary folder and renames it when complete."""
     import orbax.checkpoint as ocp
 
     options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep, create=True)
-    return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=options)
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
@@ -245,31 +303,56 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir, *, resume: bool = True,
                        progress: bool = True, dataset: data_lib.Dataset | None = None) -> dict:
     """Train the model that ``cfg`` describes, evaluate it, and write its files into ``workdir``."""
+    workdir = Path(workdir)
+    return train_members([cfg], [workdir], workdir / "checkpoints", vmapped=False, resume=resume,
+                         progress=progress, dataset=dataset)[0]
+
+
+def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool = True, progress: bool = True,
+                  dataset: data_lib.Dataset | None = None) -> list[dict]:
+    """Train runs that differ only in :data:`MEMBER_KEYS` with one program and one data stream.
+
+    ``vmapped``: one step trains all members at once (stacked states); otherwise a single member.
+    Each member writes ``metrics.jsonl``, ``summary.json`` and ``config.json`` into its own workdir; the
+    (stacked) state is checkpointed in ``checkpoint_dir``.
+    """
     from tqdm.auto import tqdm
 
     start_time = time.time()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        atomic_write_text(workdir / "config.json", cfg.to_json_best_effort(indent=2))
-    ds = dataset if dataset is not None else load_data(cfg)
+    cfgs = [c.copy_and_resolve_references() for c in cfgs]
+    if not vmapped and len(cfgs) != 1:
+        raise ValueError("without vmapped, train_members runs exactly one member")
+    if len({static_key(c) for c in cfgs}) != 1:
+        raise ValueError(f"population members may differ only in {', '.join(MEMBER_KEYS)}")
+    workdirs = [Path(w) for w in workdirs]
+    ds = dataset if dataset is not None else load_data(cfgs[0])
+    cfg = cfgs[0]
     num_train = len(ds.train_labels)
     batch_size = cfg.data.batch_size
     if batch_size % jax.device_count():
         raise ValueError(f"data.batch_size {batch_size} is not divisible by the {jax.device_count()} devices")
     steps_per_epoch = num_train // batch_size
-    cfg = cfg.copy_and_resolve_references()
-    with cfg.unlocked():
-        cfg.total_steps = steps_per_epoch * cfg.epochs
+    total_steps = steps_per_epoch * cfg.epochs
+    for c, w in zip(cfgs, workdirs):
+        with c.unlocked():
+            c.total_steps = total_steps
+        w.mkdir(parents=True, exist_ok=True)
+        if jax.process_index() == 0:
+            atomic_write_text(w / "config.json", c.to_json_best_effort(indent=2))
+    cfg = cfgs[0]
 
-    model = make_model(cfg.model, ds.num_classes, cfg.seed)
-    program = build_program(cfg, model, ds.mean, ds.std, ds.num_classes)
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    opt_state = program.optimizer.init(params)
+    members = len(cfgs) if vmapped else None
+    program = get_program(cfg, ds, members)
+    states = [init_state(c, program, ds.num_classes) for c in cfgs]
+    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vmapped else states[0]
     replicated = NamedSharding(program.mesh, PartitionSpec())
-    params, rest, opt_state = jax.device_put((params, rest, opt_state), replicated)
+    params, rest, opt_state = jax.device_put(state, replicated)
 
-    manager = _checkpoint_manager(workdir, cfg)
+    def member_values(progress_fraction):
+        values = np.array([loss_schedule(c.loss, progress_fraction) for c in cfgs], np.float32)
+        return (values[:, 0], values[:, 1]) if vmapped else (values[0, 0], values[0, 1])
+
+    manager = _checkpoint_manager(Path(checkpoint_dir), cfg)
     start_epoch = 0
     if resume and manager.latest_step() is not None:
         import orbax.checkpoint as ocp
@@ -279,46 +362,56 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir, *, resume: bool 
         restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
         params, rest, opt_state = restored["params"], restored["rest"], restored["opt_state"]
         start_epoch = manager.latest_step()
-    history = _read_metrics(workdir / "metrics.jsonl", start_epoch)
-    key = jax.random.key(cfg.seed)
-    eval_every = cfg.eval_every_epochs
+    histories = [_read_metrics(w / "metrics.jsonl", start_epoch) for w in workdirs]
+    key = jax.random.key(cfg.data.seed)
+    lead = (len(cfgs),) if vmapped else ()
 
     images_seen, train_seconds = 0, 0.0
-    bar = tqdm(total=cfg.total_steps, initial=start_epoch * steps_per_epoch, disable=not progress,
-               desc=f"{cfg.loss.name} τ={cfg.loss.temperature} m={cfg.loss.margin}", unit="step",
-               dynamic_ncols=True)
+    desc = cfg.loss.name if vmapped else f"{cfg.loss.name} τ={cfg.loss.temperature} m={cfg.loss.margin}"
+    if vmapped:
+        desc += f" ×{len(cfgs)} members"
+    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, desc=desc,
+               unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.time()
-        metrics = jax.device_put(zero_metrics(), replicated)
-        order = data_lib.epoch_permutation(num_train, batch_size, cfg.seed, epoch)
+        metrics = jax.device_put(zero_metrics(lead), replicated)
+        order = data_lib.epoch_permutation(num_train, batch_size, cfg.data.seed, epoch)
         for i, idx in enumerate(order):
             step = epoch * steps_per_epoch + i
-            temperature, margin = loss_schedule(cfg.loss, step / max(1, cfg.total_steps - 1))
+            temperature, margin = member_values(step / max(1, total_steps - 1))
             local = data_lib.host_indices(idx)
             images, labels = data_lib.shard_batch(program.mesh, ds.train_images[local], ds.train_labels[local])
             params, rest, opt_state, metrics = program.train_step(
                 params, rest, opt_state, metrics, images, labels, jax.random.fold_in(key, step),
-                np.float32(temperature), np.float32(margin),
+                temperature, margin,
             )
             bar.update(1)
             if progress and (i + 1) % cfg.log_every_steps == 0:
                 m = jax.device_get(metrics)
-                bar.set_postfix(loss=f"{m['loss'] / m['count']:.4f}", acc=f"{m['correct'] / m['count']:.3f}")
-        m = jax.device_get(metrics)
+                bar.set_postfix(loss=f"{np.mean(m['loss'] / m['count']):.4f}",
+                                acc=f"{np.mean(m['correct'] / m['count']):.3f}")
+        m = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
         train_seconds += time.time() - epoch_start
         images_seen += steps_per_epoch * batch_size
         done = epoch + 1
-        if done % eval_every == 0 or done == cfg.epochs:
-            temperature, margin = loss_schedule(cfg.loss, 1.0 if done == cfg.epochs else step / cfg.total_steps)
-            test = evaluate(program, params, rest, ds.test_images, ds.test_labels, cfg, temperature, margin)
-            row = {"epoch": done, "step": done * steps_per_epoch, "temperature": temperature, "margin": margin,
-                   "train_loss": float(m["loss"] / m["count"]), "train_accuracy": float(m["correct"] / m["count"]),
-                   **{f"test_{k}": v for k, v in test.items()}}
-            history.append(row)
-            bar.write(f"epoch {done}/{cfg.epochs}: train loss {row['train_loss']:.4f} acc "
-                      f"{row['train_accuracy']:.4f} | test acc {test['accuracy']:.4f} ce {test['ce']:.4f}")
-            if jax.process_index() == 0:
-                atomic_write_text(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
+            fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
+            temperature, margin = member_values(min(fraction, 1.0))
+            tests = evaluate(program, params, rest, ds.test_images, ds.test_labels, cfg, temperature, margin)
+            for k, (test, history) in enumerate(zip(tests, histories)):
+                row = {"epoch": done, "step": done * steps_per_epoch,
+                       "temperature": float(np.atleast_1d(temperature)[k]),
+                       "margin": float(np.atleast_1d(margin)[k]),
+                       "train_loss": float(m["loss"][k] / m["count"][k]),
+                       "train_accuracy": float(m["correct"][k] / m["count"][k]),
+                       **{f"test_{name}": v for name, v in test.items()}}
+                history.append(row)
+                bar.write(f"epoch {done}/{cfg.epochs} τ={row['temperature']:.4g} m={row['margin']:.4g}: train "
+                          f"loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | test acc "
+                          f"{test['accuracy']:.4f} ce {test['ce']:.4f}")
+                if jax.process_index() == 0:
+                    atomic_write_text(workdirs[k] / "metrics.jsonl",
+                                      "".join(json.dumps(r) + "\n" for r in history))
         if done % cfg.checkpoint.every_epochs == 0 or done == cfg.epochs:
             import orbax.checkpoint as ocp
 
@@ -327,34 +420,40 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir, *, resume: bool 
     manager.wait_until_finished()
     manager.close()
 
-    final = history[-1]
-    temperature, margin = final["temperature"], final["margin"]
-    summary = {
-        "objective": cfg.loss.name,
-        "temperature": cfg.loss.temperature,
-        "margin": cfg.loss.margin,
-        "final_temperature": temperature,
-        "final_margin": margin,
-        "head": cfg.model.head,
-        "model": cfg.model.name,
-        "epochs": cfg.epochs,
-        "seed": cfg.seed,
-        "test_accuracy": final["test_accuracy"],
-        "test_loss": final["test_loss"],
-        "test_ce": final["test_ce"],
-        "train_accuracy": final["train_accuracy"],
-        "train_loss": final["train_loss"],
-        "logit_margin_mean": final["test_logit_margin_mean"],
-        "logit_margin_quantiles": final["test_logit_margin_quantiles"],
-        "implicit_margin_mean": final["test_implicit_margin_mean"],
-        "implicit_margin_bound": float(implicit_margin_bound(ds.num_classes, temperature)),
-        "zero_loss_fraction": final["test_zero_loss_fraction"],
-        "wall_seconds": time.time() - start_time,
-        "images_per_second": images_seen / train_seconds if train_seconds else math.nan,
-        "devices": jax.device_count(),
-        "backend": jax.default_backend(),
-        "config": json.loads(cfg.to_json_best_effort()),
-    }
-    if jax.process_index() == 0:
-        atomic_write_text(workdir / "summary.json", json.dumps(summary, indent=2))
-    return summary
+    wall = time.time() - start_time
+    summaries = []
+    for c, w, history in zip(cfgs, workdirs, histories):
+        final = history[-1]
+        summary = {
+            "objective": c.loss.name,
+            "temperature": c.loss.temperature,
+            "margin": c.loss.margin,
+            "final_temperature": final["temperature"],
+            "final_margin": final["margin"],
+            "head": c.model.head,
+            "model": c.model.name,
+            "epochs": c.epochs,
+            "seed": c.seed,
+            "test_accuracy": final["test_accuracy"],
+            "test_loss": final["test_loss"],
+            "test_ce": final["test_ce"],
+            "train_accuracy": final["train_accuracy"],
+            "train_loss": final["train_loss"],
+            "logit_margin_mean": final["test_logit_margin_mean"],
+            "logit_margin_quantiles": final["test_logit_margin_quantiles"],
+            "implicit_margin_mean": final["test_implicit_margin_mean"],
+            "implicit_margin_bound": float(implicit_margin_bound(ds.num_classes, final["temperature"])),
+            "zero_loss_fraction": final["test_zero_loss_fraction"],
+            "gradient_support_mean": final["test_gradient_support_mean"],
+            "logit_margin_histogram": final["test_logit_margin_histogram"],
+            "wall_seconds": wall,
+            "images_per_second": images_seen * len(cfgs) / train_seconds if train_seconds else math.nan,
+            "devices": jax.device_count(),
+            "backend": jax.default_backend(),
+            "population": len(cfgs) if vmapped else 1,
+            "config": json.loads(c.to_json_best_effort()),
+        }
+        if jax.process_index() == 0:
+            atomic_write_text(w / "summary.json", json.dumps(summary, indent=2))
+        summaries.append(summary)
+    return summaries

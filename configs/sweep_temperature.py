@@ -1,0 +1,47 @@
+"""The objectives study at CPU scale: hard (m = 0, 1), lse and softmax over τ, with linear and cosine heads.
+
+Runs the CPU recipe's network, narrowed and shortened so that the whole grid (24 points) fits in about an hour
+of a 2-core CPU, on the JPEG copy of CIFAR-10 in ../shared:
+
+    smoothmax sweep --config configs/sweep_temperature.py --workdir runs/sweep
+    smoothmax report runs/sweep
+
+Variant ``:full`` uses the full CPU recipe per point (8 epochs, widths 32/64/128: hours on a CPU, minutes on
+a GPU). Add ``--config.seed=1`` (or more seeds in SEEDS) for error bars.
+"""
+
+from smoothmax.config import base_config
+from smoothmax.sweep import product
+
+TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0)
+HEADS = ("linear", "cosine")
+SEEDS = (0,)
+
+
+def get_config(arg: str = ""):
+    c = base_config()
+    c.data.name = "cifar10"
+    c.data.path = "../shared/data/cifar10-jpeg.tgz"
+    c.data.download = False
+    c.data.batch_size = 256
+    c.model.name = "cnn"
+    c.optimizer.learning_rate = 0.2
+    c.optimizer.decay = "linear"
+    c.checkpoint.every_epochs = 1
+    if arg == "full":
+        c.epochs = 8
+        c.model.widths = (32, 64, 128)
+        c.eval_every_epochs = 2
+    else:
+        c.epochs = 3
+        c.data.train_subset = 25_000
+        c.model.widths = (16, 32, 64)
+    return c
+
+
+def get_sweep(arg: str = ""):
+    points = product({"loss.name": ["hard"], "loss.temperature": [0.0], "loss.margin": [0.0, 1.0],
+                      "model.head": list(HEADS), "seed": list(SEEDS)})
+    points += product({"loss.name": ["lse", "softmax"], "loss.temperature": list(TEMPERATURES),
+                       "loss.margin": [0.0], "model.head": list(HEADS), "seed": list(SEEDS)})
+    return points

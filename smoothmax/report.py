@@ -1,0 +1,332 @@
+"""Report of a sweep: ``report.md`` with a results table, and PNG figures that read without the text.
+
+    smoothmax report runs/sweep
+
+Figures (each titled and labelled):
+  accuracy_vs_temperature.png   test accuracy against τ, one line per objective, one panel per head
+  training_curves.png           test accuracy and test loss against epoch, every point
+  logit_margins.png             test logit-margin histograms per objective
+  implicit_margin.png           measured implicit margin against its bound τ·log(C−1)
+  loss_shapes.png               the family's loss against z_y − max rival, for several τ
+  gradient_support.png          classes receiving gradient per test example, per objective
+  cosine_floor.png              cosine head: final training loss against τ beside NormFace's bound
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from smoothmax.train import atomic_write_text
+
+OBJECTIVE_COLORS = {"hard": "tab:red", "lse": "tab:blue", "softmax": "tab:green"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def load_results(workdir) -> list[dict]:
+    """Summaries (with their metric histories) of every finished point of a sweep workdir."""
+    workdir = Path(workdir)
+    root = workdir / "points"
+    if not root.is_dir():
+        raise FileNotFoundError(f"{workdir} has no points/ folder: is it a sweep workdir?")
+    results = []
+    for point in sorted(root.iterdir()):
+        summary_file = point / "summary.json"
+        if not summary_file.exists():
+            continue
+        summary = json.loads(summary_file.read_text())
+        summary["name"] = point.name
+        history = point / "metrics.jsonl"
+        summary["history"] = [json.loads(l) for l in history.read_text().splitlines()] if history.exists() else []
+        results.append(summary)
+    if not results:
+        raise FileNotFoundError(f"no finished points under {root}: run the sweep first")
+    return results
+
+
+def normface_floor(num_classes: int, temperature: float) -> float:
+    """NormFace's bound with scale s = 1/τ, times τ: ``τ·log(1 + (C−1)·exp(−C/((C−1)·τ)))``."""
+    c = num_classes
+    return temperature * math.log1p((c - 1) * math.exp(-c / ((c - 1) * temperature)))
+
+
+def _label(r) -> str:
+    if r["objective"] == "hard":
+        return f"hard m={r['margin']:g}"
+    return f"{r['objective']}" + (f" m={r['margin']:g}" if r["margin"] else "")
+
+
+def summary_table(results) -> list[dict]:
+    """Rows of objective × τ × m × head with mean ± std over seeds."""
+    groups = defaultdict(list)
+    for r in results:
+        groups[(r["objective"], r["temperature"], r["margin"], r["head"])].append(r)
+    rows = []
+    for (obj, tau, m, head), rs in sorted(groups.items(), key=lambda kv: (kv[0][3], kv[0][0], kv[0][2], kv[0][1])):
+        acc = np.array([r["test_accuracy"] for r in rs])
+        rows.append({
+            "objective": obj, "temperature": tau, "margin": m, "head": head, "seeds": len(rs),
+            "test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()),
+            "test_ce": float(np.mean([r["test_ce"] for r in rs])),
+            "logit_margin_mean": float(np.mean([r["logit_margin_mean"] for r in rs])),
+            "implicit_margin_mean": float(np.mean([r["implicit_margin_mean"] for r in rs])),
+            "implicit_margin_bound": float(np.mean([r["implicit_margin_bound"] for r in rs])),
+            "zero_loss_fraction": float(np.mean([r["zero_loss_fraction"] for r in rs])),
+            "gradient_support_mean": float(np.mean([r.get("gradient_support_mean", float("nan")) for r in rs])),
+            "train_loss": float(np.mean([r["train_loss"] for r in rs])),
+        })
+    return rows
+
+
+def markdown_table(rows) -> str:
+    head = ("| objective | τ | m | head | test acc (mean ± std, seeds) | test CE | logit margin | implicit margin "
+            "| bound τ·log(C−1) | zero-loss frac | grad support |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [
+        f"| {r['objective']} | {r['temperature']:g} | {r['margin']:g} | {r['head']} | "
+        f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} % ({r['seeds']}) | "
+        f"{r['test_ce']:.3f} | {r['logit_margin_mean']:.3f} | {r['implicit_margin_mean']:.4f} | "
+        f"{r['implicit_margin_bound']:.4f} | {r['zero_loss_fraction']:.3f} | {r['gradient_support_mean']:.2f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def _heads(results):
+    return sorted({r["head"] for r in results})
+
+
+def plot_accuracy_vs_temperature(rows, out: Path):
+    plt = _plt()
+    heads = sorted({r["head"] for r in rows})
+    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False, sharey=True)
+    for ax, head in zip(axes[0], heads):
+        here = [r for r in rows if r["head"] == head]
+        taus = sorted({r["temperature"] for r in here if r["objective"] != "hard"}) or [1.0]
+        for obj in ("lse", "softmax"):
+            pts = sorted((r["temperature"], r["test_accuracy_mean"], r["test_accuracy_std"]) for r in here
+                         if r["objective"] == obj and r["margin"] == 0)
+            if pts:
+                t, a, s = map(np.array, zip(*pts))
+                ax.errorbar(t, 100 * a, yerr=100 * s, marker="o", label=obj, color=OBJECTIVE_COLORS[obj], capsize=3)
+        for r in here:
+            if r["objective"] == "hard":
+                ax.axhline(100 * r["test_accuracy_mean"], color=OBJECTIVE_COLORS["hard"],
+                           ls="--" if r["margin"] == 0 else ":", label=f"hard m={r['margin']:g} (τ=0)")
+        ax.set_xscale("log")
+        ax.set_xlim(min(taus) / 1.5, max(taus) * 1.5)
+        ax.set_xlabel("temperature τ")
+        ax.set_title(f"{head} head")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    fig.suptitle("Test accuracy against temperature")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_training_curves(results, out: Path):
+    plt = _plt()
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in results:
+        h = r["history"]
+        if not h:
+            continue
+        epochs = [row["epoch"] for row in h]
+        style = "-" if r["head"] == "linear" else "--"
+        kw = dict(color=OBJECTIVE_COLORS.get(r["objective"]), ls=style, alpha=0.7, lw=1)
+        ax_acc.plot(epochs, [100 * row["test_accuracy"] for row in h], **kw)
+        ax_loss.plot(epochs, [row["test_ce"] for row in h], **kw)
+    for obj, color in OBJECTIVE_COLORS.items():
+        ax_acc.plot([], [], color=color, label=obj)
+    ax_acc.plot([], [], color="gray", ls="-", label="linear head")
+    ax_acc.plot([], [], color="gray", ls="--", label="cosine head")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy during training")
+    ax_loss.set(xlabel="epoch", ylabel="test cross-entropy", title="Test cross-entropy during training")
+    ax_loss.set_yscale("log")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_logit_margins(results, out: Path):
+    plt = _plt()
+    heads = _heads(results)
+    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False)
+    for ax, head in zip(axes[0], heads):
+        for r in results:
+            hist = r.get("logit_margin_histogram")
+            if r["head"] != head or not hist:
+                continue
+            edges, counts = np.array(hist["edges"]), np.array(hist["counts"])
+            density = counts / counts.sum() / np.diff(edges)
+            ax.stairs(density, edges, color=OBJECTIVE_COLORS.get(r["objective"]), alpha=0.6,
+                      label=f"{_label(r)} τ={r['temperature']:g}")
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(xlabel="logit margin z_y − max rival (test set)", ylabel="density", title=f"{head} head")
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Test logit-margin distributions (right of 0: correct)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_implicit_margin(rows, out: Path):
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in rows:
+        if r["objective"] == "hard":
+            continue
+        marker = "o" if r["head"] == "linear" else "s"
+        ax.scatter(r["implicit_margin_bound"], r["implicit_margin_mean"], color=OBJECTIVE_COLORS[r["objective"]],
+                   marker=marker)
+    bounds = [r["implicit_margin_bound"] for r in rows if r["implicit_margin_bound"] > 0]
+    if bounds:
+        grid = np.geomspace(min(bounds) / 1.5, max(bounds) * 1.5, 50)
+        ax.plot(grid, grid, "k--", lw=1, label="bound τ·log(C−1)")
+    for obj in ("lse", "softmax"):
+        ax.scatter([], [], color=OBJECTIVE_COLORS[obj], label=obj)
+    ax.scatter([], [], color="gray", marker="o", label="linear head")
+    ax.scatter([], [], color="gray", marker="s", label="cosine head")
+    ax.set(xscale="log", yscale="symlog", xlabel="bound τ·log(C−1)", ylabel="measured mean implicit margin (test)",
+           title="Implicit margin of the LSE step against its bound")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss_shapes(out: Path, num_classes: int = 10, temperatures=(0.1, 0.3, 1.0)):
+    """Exact losses of the family on logits whose C−1 rivals tie at 0 and whose target sits at d."""
+    import jax.numpy as jnp
+
+    from smoothmax.losses import hard_loss, lse_loss, softmax_loss
+
+    plt = _plt()
+    d = np.linspace(-2, 3, 401, dtype=np.float32)
+    logits = np.zeros((len(d), num_classes), np.float32)
+    logits[:, 0] = d
+    labels = jnp.zeros(len(d), jnp.int32)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(d, hard_loss(logits, labels), color=OBJECTIVE_COLORS["hard"], lw=2, label="hard (τ = 0)")
+    for i, tau in enumerate(temperatures):
+        alpha = 0.4 + 0.6 * (i + 1) / len(temperatures)
+        ax.plot(d, lse_loss(logits, labels, temperature=tau), color=OBJECTIVE_COLORS["lse"], alpha=alpha,
+                label=f"lse τ={tau:g} (zero beyond τ·log(C−1) = {tau * math.log(num_classes - 1):.2f})")
+        ax.plot(d, softmax_loss(logits, labels, temperature=tau), color=OBJECTIVE_COLORS["softmax"], ls="--",
+                alpha=alpha, label=f"softmax τ={tau:g}")
+    ax.set(xlabel="logit margin z_y − max_{i≠y} z_i (rivals tied)", ylabel="loss",
+           title=f"The family's shapes, C = {num_classes}, m = 0")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_gradient_support(rows, out: Path):
+    plt = _plt()
+    heads = sorted({r["head"] for r in rows})
+    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False, sharey=True)
+    for ax, head in zip(axes[0], heads):
+        here = [r for r in rows if r["head"] == head]
+        labels = [f"{r['objective']}\nτ={r['temperature']:g} m={r['margin']:g}" for r in here]
+        ax.bar(range(len(here)), [r["gradient_support_mean"] for r in here],
+               color=[OBJECTIVE_COLORS[r["objective"]] for r in here])
+        ax.set_xticks(range(len(here)), labels, rotation=90, fontsize=7)
+        ax.set(title=f"{head} head", ylabel="logits with nonzero gradient per test example (mean)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("Gradient support: how many classes each example's loss pushes")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_cosine_floor(rows, out: Path, num_classes: int = 10) -> bool:
+    cosine = [r for r in rows if r["head"] == "cosine" and r["objective"] != "hard"]
+    if not cosine:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for obj in ("lse", "softmax"):
+        pts = sorted((r["temperature"], r["train_loss"]) for r in cosine if r["objective"] == obj)
+        if pts:
+            t, loss = zip(*pts)
+            ax.plot(t, loss, "o-", color=OBJECTIVE_COLORS[obj], label=f"{obj}: final training loss")
+    taus = np.geomspace(min(r["temperature"] for r in cosine) / 1.5, max(r["temperature"] for r in cosine) * 1.5, 60)
+    ax.plot(taus, [normface_floor(num_classes, t) for t in taus], "k--",
+            label="NormFace bound τ·log(1+(C−1)e^{−C/((C−1)τ)})")
+    ax.set(xscale="log", yscale="log", xlabel="temperature τ (= 1/s)", ylabel="training loss",
+           title="Cosine head: where the smoothing sets the floor")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(workdir) -> Path:
+    """Write ``report.md``, ``results.csv`` and the figures into ``workdir``; return the report's path."""
+    workdir = Path(workdir)
+    results = load_results(workdir)
+    rows = summary_table(results)
+    figures = workdir / "figures"
+    figures.mkdir(exist_ok=True)
+    plot_accuracy_vs_temperature(rows, figures / "accuracy_vs_temperature.png")
+    plot_training_curves(results, figures / "training_curves.png")
+    plot_logit_margins(results, figures / "logit_margins.png")
+    plot_implicit_margin(rows, figures / "implicit_margin.png")
+    plot_loss_shapes(figures / "loss_shapes.png")
+    plot_gradient_support(rows, figures / "gradient_support.png")
+    has_cosine = plot_cosine_floor(rows, figures / "cosine_floor.png")
+
+    columns = list(rows[0])
+    csv = ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows)
+    atomic_write_text(workdir / "results.csv", csv)
+    first = results[0]
+    cfg = first["config"]
+    lines = [
+        f"# Sweep report: {workdir.name}",
+        "",
+        f"{len(results)} finished points; data `{cfg['data']['name']}`"
+        + (f" (`{cfg['data']['path']}`)" if cfg["data"].get("path") else "")
+        + f"; model `{cfg['model']['name']}` widths {cfg['model']['widths']}; {first['epochs']} epochs; "
+        f"backend {first.get('backend', '?')} × {first['devices']} device(s); "
+        f"population size {max(r.get('population', 1) for r in results)}.",
+        "",
+        f"Wall time per point: {np.mean([r['wall_seconds'] for r in results]):.0f} s on average, "
+        f"{sum(r['wall_seconds'] for r in results) / max(1, max(r.get('population', 1) for r in results)):.0f} s "
+        "in all.",
+        "",
+        markdown_table(rows),
+        "## Figures",
+        "",
+        "![accuracy vs temperature](figures/accuracy_vs_temperature.png)",
+        "![training curves](figures/training_curves.png)",
+        "![logit margins](figures/logit_margins.png)",
+        "![implicit margin](figures/implicit_margin.png)",
+        "![loss shapes](figures/loss_shapes.png)",
+        "![gradient support](figures/gradient_support.png)",
+    ]
+    if has_cosine:
+        lines.append("![cosine floor](figures/cosine_floor.png)")
+    report = workdir / "report.md"
+    atomic_write_text(report, "\n".join(lines) + "\n")
+    return report
