@@ -1,5 +1,8 @@
 """CPU recipe: the airbench-style CNN (widths 32/64/128) on the JPEG CIFAR-10 in ../shared, on 2 cores.
 
+8 epochs of batch 128 (≈ 510 images/s on the 2-core EPYC), SGD-Nesterov with linear warm-up and decay,
+crop+flip augmentation, and flip test-time augmentation; evaluated once, at the end, to save time.
+
     smoothmax train --config configs/cifar10_cpu.py:softmax --workdir runs/cpu-softmax
 
 Variants: hard, hard-m1, lse, softmax. Measured results are in the README (JPEG copy of CIFAR-10, so a
@@ -15,12 +18,15 @@ def get_config(arg: str = "softmax"):
     c.data.name = "cifar10"
     c.data.path = "../shared/data/cifar10-jpeg.tgz"
     c.data.download = False
-    c.data.batch_size = 256
+    c.data.batch_size = 128
+    c.data.eval_flip = True
     c.model.name = "cnn"
     c.model.widths = (32, 64, 128)
-    c.optimizer.learning_rate = 0.2
+    c.model.stem_width = 8  # a narrow full-resolution stem: 10 % more images/s than 16 channels
+    c.optimizer.learning_rate = 0.1
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_fraction = 0.15
     c.optimizer.decay = "linear"
-    c.eval_every_epochs = 2
+    c.eval_every_epochs = 8
+    c.checkpoint.every_epochs = 2
     return objective_variant(c, arg)

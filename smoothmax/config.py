@@ -36,6 +36,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256
     c.data.eval_batch_size = 1000
     c.data.augment = True
+    c.data.eval_flip = False  # test metrics on logits averaged over the image and its mirror
     c.data.train_subset = 0  # cifar10: train on a fixed random subset of this many images (0 = all)
     c.data.num_train = 10_000  # synthetic only
     c.data.num_test = 2_000
@@ -48,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"  # cnn | resnet18
     c.model.widths = (32, 64, 128)
+    c.model.stem_width = 0  # cnn: channels of the full-resolution stem conv (0: half the first width)
     c.model.head = "linear"  # linear | cosine
     c.model.bn_momentum = 0.9
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (GPU/TPU)

@@ -73,9 +73,9 @@ class ConvBlock(nnx.Module):
 class CNN(nnx.Module):
     """A fast CIFAR-10 CNN: a stem conv, three pooled blocks, global max-pool, a head."""
 
-    def __init__(self, widths=(64, 128, 256), num_classes=10, head="linear", *, bn_momentum=0.9,
+    def __init__(self, widths=(64, 128, 256), num_classes=10, head="linear", *, stem_width=None, bn_momentum=0.9,
                  dtype=jnp.float32, rngs: nnx.Rngs):
-        stem = widths[0] // 2
+        stem = stem_width or widths[0] // 2
         self.stem = _conv(3, stem, rngs, dtype)
         self.stem_bn = _bn(stem, rngs, bn_momentum, dtype)
         chans = (stem,) + tuple(widths)
@@ -98,15 +98,15 @@ class BasicBlock(nnx.Module):
         self.bn1 = _bn(cout, rngs, bn_momentum, dtype)
         self.conv2 = _conv(cout, cout, rngs, dtype)
         self.bn2 = _bn(cout, rngs, bn_momentum, dtype)
-        self.shortcut = None
-        if stride != 1 or cin != cout:
+        self.project = stride != 1 or cin != cout  # a 1x1 conv on the skip path when shapes change
+        if self.project:
             self.shortcut = _conv(cin, cout, rngs, dtype, stride, kernel=1)
             self.shortcut_bn = _bn(cout, rngs, bn_momentum, dtype)
 
     def __call__(self, x):
         y = nnx.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        skip = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
+        skip = self.shortcut_bn(self.shortcut(x)) if self.project else x
         return nnx.relu(y + skip)
 
 
@@ -140,7 +140,7 @@ def make_model(config, num_classes: int, seed: int):
     common = dict(num_classes=num_classes, head=config.head, bn_momentum=config.bn_momentum, dtype=dtype,
                   rngs=rngs)
     if config.name == "cnn":
-        return CNN(tuple(config.widths), **common)
+        return CNN(tuple(config.widths), stem_width=config.get("stem_width") or None, **common)
     if config.name == "resnet18":
         return ResNet(tuple(config.widths), **common)
     raise ValueError(f"unknown model {config.name!r}: choose cnn or resnet18")

@@ -14,6 +14,7 @@ Figures (each titled and labelled):
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections import defaultdict
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smoothmax.train import atomic_write_text
+from smoothmax.files import atomic_write_bytes, atomic_write_text
 
 OBJECTIVE_COLORS = {"hard": "tab:red", "lse": "tab:blue", "softmax": "tab:green"}
 
@@ -33,6 +34,15 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, out: Path) -> None:
+    """Lay out, write atomically (a PNG is never half-written) and free the figure."""
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _plt().close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
 
 
 def load_results(workdir) -> list[dict]:
@@ -132,9 +142,7 @@ def plot_accuracy_vs_temperature(rows, out: Path):
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("test accuracy (%)")
     fig.suptitle("Test accuracy against temperature")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_training_curves(results, out: Path):
@@ -159,9 +167,7 @@ def plot_training_curves(results, out: Path):
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_logit_margins(results, out: Path):
@@ -181,9 +187,7 @@ def plot_logit_margins(results, out: Path):
         ax.set(xlabel="logit margin z_y − max rival (test set)", ylabel="density", title=f"{head} head")
         ax.legend(fontsize=6, ncol=2)
     fig.suptitle("Test logit-margin distributions (right of 0: correct)")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_implicit_margin(rows, out: Path):
@@ -207,9 +211,7 @@ def plot_implicit_margin(rows, out: Path):
            title="Implicit margin of the LSE step against its bound")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_loss_shapes(out: Path, num_classes: int = 10, temperatures=(0.1, 0.3, 1.0)):
@@ -235,9 +237,7 @@ def plot_loss_shapes(out: Path, num_classes: int = 10, temperatures=(0.1, 0.3, 1
            title=f"The family's shapes, C = {num_classes}, m = 0")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_gradient_support(rows, out: Path):
@@ -253,9 +253,7 @@ def plot_gradient_support(rows, out: Path):
         ax.set(title=f"{head} head", ylabel="logits with nonzero gradient per test example (mean)")
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("Gradient support: how many classes each example's loss pushes")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
 
 
 def plot_cosine_floor(rows, out: Path, num_classes: int = 10) -> bool:
@@ -276,9 +274,7 @@ def plot_cosine_floor(rows, out: Path, num_classes: int = 10) -> bool:
            title="Cosine head: where the smoothing sets the floor")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    _save(fig, out)
     return True
 
 

@@ -31,7 +31,8 @@ from pathlib import Path
 import jax
 
 from smoothmax.config import ConfigError, apply_override, load_config
-from smoothmax.train import MEMBER_KEYS, atomic_write_text, load_data, static_key, train_and_evaluate, train_members
+from smoothmax.files import atomic_write_text
+from smoothmax.train import MEMBER_KEYS, load_data, static_key, train_and_evaluate, train_members
 
 SHORT_NAMES = {"loss.name": "", "loss.temperature": "t", "loss.margin": "m", "model.head": "", "seed": "s"}
 

@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,27 +30,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from smoothmax import data as data_lib
+from smoothmax.files import atomic_write_text
 from smoothmax.losses import objective
 from smoothmax.margins import implicit_margin, implicit_margin_bound, logit_margin
 from smoothmax.models import make_model
 
 # --------------------------------------------------------------------------- small helpers
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def schedule_value(spec, progress: float) -> float:
@@ -177,6 +159,8 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
 
     def eval_step(params, rest, images, labels, mask, temperature, margin):
         logits, _ = forward(params, rest, images, training=False)
+        if cfg.data.eval_flip:  # test-time augmentation: average the logits of the image and its mirror
+            logits = 0.5 * (logits + forward(params, rest, images[:, :, ::-1], training=False)[0])
         safe_labels = jnp.where(mask, labels, 0)
         w = mask.astype(jnp.float32)
         loss, pullback = jax.vjp(
@@ -366,7 +350,7 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
     key = jax.random.key(cfg.data.seed)
     lead = (len(cfgs),) if vmapped else ()
 
-    images_seen, train_seconds = 0, 0.0
+    epoch_seconds = []
     desc = cfg.loss.name if vmapped else f"{cfg.loss.name} τ={cfg.loss.temperature} m={cfg.loss.margin}"
     if vmapped:
         desc += f" ×{len(cfgs)} members"
@@ -391,8 +375,7 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
                 bar.set_postfix(loss=f"{np.mean(m['loss'] / m['count']):.4f}",
                                 acc=f"{np.mean(m['correct'] / m['count']):.3f}")
         m = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
-        train_seconds += time.time() - epoch_start
-        images_seen += steps_per_epoch * batch_size
+        epoch_seconds.append(time.time() - epoch_start)
         done = epoch + 1
         if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
             fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
@@ -421,6 +404,10 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
     manager.close()
 
     wall = time.time() - start_time
+    # Throughput in steady state: the first epoch of a process pays for compilation. None when this
+    # process trained nothing (the run was already complete).
+    steady = epoch_seconds[1:] or epoch_seconds
+    images_per_second = len(steady) * steps_per_epoch * batch_size * len(cfgs) / sum(steady) if steady else None
     summaries = []
     for c, w, history in zip(cfgs, workdirs, histories):
         final = history[-1]
@@ -447,7 +434,7 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
             "gradient_support_mean": final["test_gradient_support_mean"],
             "logit_margin_histogram": final["test_logit_margin_histogram"],
             "wall_seconds": wall,
-            "images_per_second": images_seen * len(cfgs) / train_seconds if train_seconds else math.nan,
+            "images_per_second": images_per_second,
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
             "population": len(cfgs) if vmapped else 1,

@@ -292,3 +292,20 @@ def test_sharded_batches_on_four_host_devices(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+def test_each_host_reads_only_its_part_of_a_batch(monkeypatch):
+    monkeypatch.setattr(data.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(data.jax, "process_index", lambda: 1)
+    np.testing.assert_array_equal(data.host_indices(np.arange(10, 18)), np.arange(14, 18))
+    with pytest.raises(ValueError, match="does not split over 2 hosts"):
+        data.host_indices(np.arange(7))
+
+
+def test_subset_keeps_a_fixed_part_of_the_training_split():
+    ds = data.synthetic(num_train=100, num_test=10)
+    a, b = data.subset(ds, 30), data.subset(ds, 30)
+    np.testing.assert_array_equal(a.train_labels, b.train_labels)
+    assert len(a.train_labels) == 30 and len(a.test_labels) == 10
+    with pytest.raises(ValueError, match="train subset"):
+        data.subset(ds, 1000)

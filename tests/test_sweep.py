@@ -8,27 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from smoothmax import report, sweep, train
 from smoothmax.config import ConfigError
 from tests.test_train import tiny_config
 
+REPO = Path(__file__).resolve().parents[1]
+
 SWEEP_CONFIG = '''
-from smoothmax.config import base_config
 from smoothmax.sweep import product
+from tests.test_train import tiny_config
 
 def get_config(arg=""):
-    c = base_config()
+    c = tiny_config()
     c.epochs = {epochs}
-    c.data.num_train = 512
-    c.data.num_test = 200
-    c.data.batch_size = 64
-    c.data.eval_batch_size = 100
-    c.data.difficulty = 0.2
     c.model.widths = (8, 8, 8)
-    c.optimizer.learning_rate = 0.05
     c.log_every_steps = 2
     return c
 
@@ -90,7 +85,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     work = tmp_path / "work"
     cmd = [sys.executable, "-m", "smoothmax", "sweep", "--config", cfg, "--workdir", str(work), "--no-progress"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # Kill once the first point has finished and the second has a checkpoint.
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -103,7 +98,7 @@ def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
     proc.wait()
     finished_before = {p.parent.name: p.read_text() for p in work.glob("points/*/summary.json")}
     assert 1 <= len(finished_before) < 10
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert f"{len(finished_before)} finished" in out.stdout
     # Finished results untouched, every point done exactly once, histories complete and unduplicated.

@@ -1,0 +1,65 @@
+"""Models and heads: shapes, the cosine head's range, modes, and the config factory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from smoothmax.config import base_config
+from smoothmax.models import CNN, CosineHead, ResNet, make_head, make_model
+
+
+def test_cnn_and_resnet_shapes():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    cnn = CNN((8, 16, 16), num_classes=7, rngs=nnx.Rngs(0))
+    assert cnn(x).shape == (2, 7) and cnn(x).dtype == jnp.float32
+    resnet = ResNet((8, 8, 16, 16), num_classes=10, head="cosine", rngs=nnx.Rngs(0))
+    assert resnet(x).shape == (2, 10)
+
+
+def test_cosine_head_logits_are_cosines():
+    head = CosineHead(5, 4, rngs=nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((6, 5)) * 100, jnp.float32)
+    z = np.asarray(head(x))
+    w = np.asarray(head.weight[...])
+    want = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0, keepdims=True))
+    np.testing.assert_allclose(z, want, atol=1e-5)
+    assert np.all(np.abs(z) <= 1 + 1e-6)
+    # Scaling the feature does not change the logits: the head cannot undo a temperature.
+    np.testing.assert_allclose(head(3 * x), z, atol=1e-5)
+
+
+def test_batchnorm_train_and_eval_modes_differ():
+    model = CNN((8, 8, 8), rngs=nnx.Rngs(0))
+    x = jnp.ones((4, 32, 32, 3)) + jnp.arange(4.0)[:, None, None, None]
+    model.train()
+    train_out = model(x)
+    model.eval()
+    assert not np.allclose(train_out, model(x))
+
+
+def test_make_model_from_config_and_errors():
+    c = base_config().model
+    c.widths = (8, 8, 8)
+    c.stem_width = 4
+    model = make_model(c, num_classes=10, seed=0)
+    assert model.stem.out_features == 4
+    a = jax.tree.leaves(nnx.state(make_model(c, 10, seed=0), nnx.Param))
+    b = jax.tree.leaves(nnx.state(make_model(c, 10, seed=1), nnx.Param))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, b))
+    c.name = "vgg"
+    with pytest.raises(ValueError, match="unknown model 'vgg'"):
+        make_model(c, 10, 0)
+    with pytest.raises(ValueError, match="unknown head 'arc'"):
+        make_head("arc", 4, 2, nnx.Rngs(0))
+
+
+def test_bfloat16_compute_gives_float32_logits():
+    c = base_config().model
+    c.widths = (8, 8, 8)
+    c.compute_dtype = "bfloat16"
+    model = make_model(c, num_classes=10, seed=0)
+    logits = model(jnp.ones((2, 32, 32, 3)))
+    assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
+    assert model.blocks[0].conv1.dtype == jnp.bfloat16
