@@ -113,16 +113,16 @@ def markdown_table(rows) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def _heads(results):
-    return sorted({r["head"] for r in results})
+def _head_panels(items, sharey: bool = False):
+    """One panel per head: the figure and ``(axis, head, items of that head)`` for each panel."""
+    heads = sorted({r["head"] for r in items})
+    fig, axes = _plt().subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False, sharey=sharey)
+    return fig, [(ax, head, [r for r in items if r["head"] == head]) for ax, head in zip(axes[0], heads)]
 
 
 def plot_accuracy_vs_temperature(rows, out: Path):
-    plt = _plt()
-    heads = sorted({r["head"] for r in rows})
-    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False, sharey=True)
-    for ax, head in zip(axes[0], heads):
-        here = [r for r in rows if r["head"] == head]
+    fig, panels = _head_panels(rows, sharey=True)
+    for ax, head, here in panels:
         taus = sorted({r["temperature"] for r in here if r["objective"] != "hard"}) or [1.0]
         for obj in ("lse", "softmax"):
             pts = sorted((r["temperature"], r["test_accuracy_mean"], r["test_accuracy_std"]) for r in here
@@ -140,7 +140,7 @@ def plot_accuracy_vs_temperature(rows, out: Path):
         ax.set_title(f"{head} head")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("test accuracy (%)")
+    panels[0][0].set_ylabel("test accuracy (%)")
     fig.suptitle("Test accuracy against temperature")
     _save(fig, out)
 
@@ -171,13 +171,11 @@ def plot_training_curves(results, out: Path):
 
 
 def plot_logit_margins(results, out: Path):
-    plt = _plt()
-    heads = _heads(results)
-    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False)
-    for ax, head in zip(axes[0], heads):
-        for r in results:
+    fig, panels = _head_panels(results)
+    for ax, head, here in panels:
+        for r in here:
             hist = r.get("logit_margin_histogram")
-            if r["head"] != head or not hist:
+            if not hist:
                 continue
             edges, counts = np.array(hist["edges"]), np.array(hist["counts"])
             density = counts / counts.sum() / np.diff(edges)
@@ -241,11 +239,8 @@ def plot_loss_shapes(out: Path, num_classes: int = 10, temperatures=(0.1, 0.3, 1
 
 
 def plot_gradient_support(rows, out: Path):
-    plt = _plt()
-    heads = sorted({r["head"] for r in rows})
-    fig, axes = plt.subplots(1, len(heads), figsize=(6 * len(heads), 4.5), squeeze=False, sharey=True)
-    for ax, head in zip(axes[0], heads):
-        here = [r for r in rows if r["head"] == head]
+    fig, panels = _head_panels(rows, sharey=True)
+    for ax, head, here in panels:
         labels = [f"{r['objective']}\nτ={r['temperature']:g} m={r['margin']:g}" for r in here]
         ax.bar(range(len(here)), [r["gradient_support_mean"] for r in here],
                color=[OBJECTIVE_COLORS[r["objective"]] for r in here])

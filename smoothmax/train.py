@@ -106,13 +106,12 @@ def static_key(cfg) -> str:
 
 @dataclasses.dataclass
 class Program:
-    """The compiled pieces shared by every member of a run: model definition, steps, data placement.
+    """The compiled pieces shared by every member of a run: optimizer, steps, data placement.
 
     With ``members = K`` the steps are ``vmap``ped over stacked parameters, optimizer states and
     per-member (τ, m), while images, labels and the augmentation key are shared.
     """
 
-    graphdef: Any
     optimizer: optax.GradientTransformation
     mesh: Any
     members: int | None
@@ -185,7 +184,7 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
         shared = None
         train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, shared, shared, shared, 0, 0))
         eval_step = jax.vmap(eval_step, in_axes=(0, 0, shared, shared, shared, 0, 0))
-    return Program(graphdef, optimizer, mesh, members, jax.jit(train_step, donate_argnums=(0, 1, 2, 3)),
+    return Program(optimizer, mesh, members, jax.jit(train_step, donate_argnums=(0, 1, 2, 3)),
                    jax.jit(eval_step))
 
 
