@@ -66,6 +66,15 @@ def load_results(workdir) -> list[dict]:
     return results
 
 
+def lse_cosine_floor(num_classes: int, temperature: float) -> float:
+    """The lse objective's least value on cosine logits (target at 1, rivals on the simplex at −1/(C−1)).
+
+    ``max(τ·log(C−1) − C/(C−1), 0)``: zero loss is reachable only for ``τ ≤ C/((C−1)·log(C−1))``.
+    """
+    c = num_classes
+    return max(temperature * math.log(c - 1) - c / (c - 1), 0.0)
+
+
 def normface_floor(num_classes: int, temperature: float) -> float:
     """NormFace's bound with scale s = 1/τ, times τ: ``τ·log(1 + (C−1)·exp(−C/((C−1)·τ)))``."""
     c = num_classes
@@ -170,21 +179,42 @@ def plot_training_curves(results, out: Path):
     _save(fig, out)
 
 
+def _central_range(edges, counts, lo=0.01, hi=0.99):
+    """The x-range holding the central 98 % of a histogram's mass."""
+    cdf = np.cumsum(counts) / max(counts.sum(), 1)
+    return edges[np.searchsorted(cdf, lo)], edges[min(np.searchsorted(cdf, hi) + 1, len(edges) - 1)]
+
+
 def plot_logit_margins(results, out: Path):
-    fig, panels = _head_panels(results)
-    for ax, head, here in panels:
-        for r in here:
-            hist = r.get("logit_margin_histogram")
-            if not hist:
-                continue
-            edges, counts = np.array(hist["edges"]), np.array(hist["counts"])
-            density = counts / counts.sum() / np.diff(edges)
-            ax.stairs(density, edges, color=OBJECTIVE_COLORS.get(r["objective"]), alpha=0.6,
-                      label=f"{_label(r)} τ={r['temperature']:g}")
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set(xlabel="logit margin z_y − max rival (test set)", ylabel="density", title=f"{head} head")
-        ax.legend(fontsize=6, ncol=2)
-    fig.suptitle("Test logit-margin distributions (right of 0: correct)")
+    """A panel per head × objective; one histogram per τ (lse, softmax) or m (hard), each x-range its own."""
+    heads = sorted({r["head"] for r in results})
+    objectives = [o for o in ("hard", "lse", "softmax") if any(r["objective"] == o for r in results)]
+    fig, axes = _plt().subplots(len(heads), len(objectives), figsize=(4.5 * len(objectives), 3.3 * len(heads)),
+                                squeeze=False)
+    cmap = _plt().get_cmap("viridis")
+    for row, head in enumerate(heads):
+        for col, obj in enumerate(objectives):
+            ax = axes[row][col]
+            here = sorted((r for r in results if r["head"] == head and r["objective"] == obj
+                           and r.get("logit_margin_histogram")), key=lambda r: (r["temperature"], r["margin"]))
+            spans = []
+            for i, r in enumerate(here):
+                edges = np.array(r["logit_margin_histogram"]["edges"])
+                counts = np.array(r["logit_margin_histogram"]["counts"])
+                density = counts / max(counts.sum(), 1) / np.diff(edges)
+                label = f"m={r['margin']:g}" if obj == "hard" else f"τ={r['temperature']:g}"
+                ax.stairs(density, edges, color=cmap(i / max(len(here) - 1, 1)), lw=1.2, label=label)
+                spans.append(_central_range(edges, counts))
+            if spans:
+                left, right = min(x for x, _ in spans), max(x for _, x in spans)
+                pad = 0.05 * (right - left) or 0.1
+                ax.set_xlim(min(left, 0) - pad, max(right, 0) + pad)
+                ax.legend(fontsize=7)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_title(f"{obj}, {head} head", fontsize=10)
+            ax.set_xlabel("z_y − max rival (test)", fontsize=8)
+            ax.set_ylabel("density", fontsize=8)
+    fig.suptitle("Test logit-margin distributions (right of 0: correct; central 98 % shown)")
     _save(fig, out)
 
 
@@ -192,11 +222,12 @@ def plot_implicit_margin(rows, out: Path):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for r in rows:
-        if r["objective"] == "hard":
+        if r["objective"] == "hard" or r["implicit_margin_bound"] <= 0:
             continue
         marker = "o" if r["head"] == "linear" else "s"
-        ax.scatter(r["implicit_margin_bound"], r["implicit_margin_mean"], color=OBJECTIVE_COLORS[r["objective"]],
-                   marker=marker)
+        # Log axes keep y = x straight; a mean implicit margin of 0 sits at the bottom edge.
+        ax.scatter(r["implicit_margin_bound"], max(r["implicit_margin_mean"], 1e-3 * r["implicit_margin_bound"]),
+                   color=OBJECTIVE_COLORS[r["objective"]], marker=marker)
     bounds = [r["implicit_margin_bound"] for r in rows if r["implicit_margin_bound"] > 0]
     if bounds:
         grid = np.geomspace(min(bounds) / 1.5, max(bounds) * 1.5, 50)
@@ -205,7 +236,7 @@ def plot_implicit_margin(rows, out: Path):
         ax.scatter([], [], color=OBJECTIVE_COLORS[obj], label=obj)
     ax.scatter([], [], color="gray", marker="o", label="linear head")
     ax.scatter([], [], color="gray", marker="s", label="cosine head")
-    ax.set(xscale="log", yscale="symlog", xlabel="bound τ·log(C−1)", ylabel="measured mean implicit margin (test)",
+    ax.set(xscale="log", yscale="log", xlabel="bound τ·log(C−1)", ylabel="measured mean implicit margin (test)",
            title="Implicit margin of the LSE step against its bound")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -264,13 +295,30 @@ def plot_cosine_floor(rows, out: Path, num_classes: int = 10) -> bool:
             ax.plot(t, loss, "o-", color=OBJECTIVE_COLORS[obj], label=f"{obj}: final training loss")
     taus = np.geomspace(min(r["temperature"] for r in cosine) / 1.5, max(r["temperature"] for r in cosine) * 1.5, 60)
     ax.plot(taus, [normface_floor(num_classes, t) for t in taus], "k--",
-            label="NormFace bound τ·log(1+(C−1)e^{−C/((C−1)τ)})")
+            label="softmax floor (NormFace): τ·log(1+(C−1)·exp(−C/((C−1)τ)))")
+    lse_floor = [lse_cosine_floor(num_classes, t) for t in taus]
+    ax.plot(taus, np.where(np.array(lse_floor) > 0, lse_floor, np.nan), "k:",
+            label="lse floor: max(τ·log(C−1) − C/(C−1), 0)")
+    losses = [r["train_loss"] for r in cosine if r["train_loss"] > 0]
+    if losses:  # the softmax floor falls to ~1e-20 at small τ: keep the measured losses readable
+        ax.set_ylim(bottom=min(losses) / 1e3)
     ax.set(xscale="log", yscale="log", xlabel="temperature τ (= 1/s)", ylabel="training loss",
            title="Cosine head: where the smoothing sets the floor")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     _save(fig, out)
     return True
+
+
+def _population_text(workdir: Path, results: list[dict]) -> str:
+    """How the sweep trained its populations, as recorded in ``sweep.json`` (older sweeps lack the mode)."""
+    size = max(r.get("population", 1) for r in results)
+    sweep_file = workdir / "sweep.json"
+    mode = json.loads(sweep_file.read_text()).get("population_mode") if sweep_file.exists() else None
+    if mode == "sequential" or (mode is None and size == 1):
+        return ("members of a population trained one after another through one compiled step "
+                "(sequential mode: fastest on CPU)")
+    return f"members trained together in one vmapped step, up to {size} per population (vmap mode)"
 
 
 def write_report(workdir) -> Path:
@@ -299,8 +347,7 @@ def write_report(workdir) -> Path:
         f"{len(results)} finished points; data `{cfg['data']['name']}`"
         + (f" (`{cfg['data']['path']}`)" if cfg["data"].get("path") else "")
         + f"; model `{cfg['model']['name']}` widths {cfg['model']['widths']}; {first['epochs']} epochs; "
-        f"backend {first.get('backend', '?')} × {first['devices']} device(s); "
-        f"population size {max(r.get('population', 1) for r in results)}.",
+        f"backend {first.get('backend', '?')} × {first['devices']} device(s); {_population_text(workdir, results)}.",
         "",
         f"Wall time per point: {np.mean([r['wall_seconds'] for r in results]):.0f} s on average, "
         f"{sum(r['wall_seconds'] for r in results) / max(1, max(r.get('population', 1) for r in results)):.0f} s "

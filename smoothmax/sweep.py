@@ -115,6 +115,7 @@ def run_sweep(spec: str, workdir, *, shard: tuple[int, int] = (0, 1), mode: str 
     if jax.process_index() == 0:
         listing = [{"name": p["name"], "overrides": p["overrides"]} for p in points]
         atomic_write_text(workdir / "sweep.json", json.dumps({"config": spec, "overrides": list(overrides),
+                                                             "population_mode": mode, "backend": jax.default_backend(),
                                                              "points": listing}, indent=2))
     mine = points[index::count]
     todo = [p for p in mine if not (workdir / "points" / p["name"] / "summary.json").exists()]

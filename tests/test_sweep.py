@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from smoothmax import report, sweep, train
@@ -147,3 +148,10 @@ def test_normface_floor_values():
     # NormFace's CE bound log(1 + (C−1)e^{−sC/(C−1)}) for C = 10: 1.377 at s = 1, 0.034 at s = 5.
     assert report.normface_floor(10, 1.0) == pytest.approx(1.377, abs=1e-3)
     assert report.normface_floor(10, 0.2) / 0.2 == pytest.approx(0.034, abs=1e-3)
+
+
+def test_lse_cosine_floor_values():
+    # Target cosine 1, rivals at −1/(C−1): τ·log 9 − 10/9 for C = 10, zero once τ ≤ 10/(9·log 9) ≈ 0.506.
+    assert report.lse_cosine_floor(10, 1.0) == pytest.approx(np.log(9) - 10 / 9)
+    assert report.lse_cosine_floor(10, 0.5) == 0.0
+    assert report.lse_cosine_floor(10, 0.51) > 0.0
