@@ -119,6 +119,16 @@ class Program:
     eval_step: Any
 
 
+def splits_members(members: int | None) -> bool:
+    """Whether a vmapped population is split over the devices by members rather than by batch.
+
+    When the devices divide the population (on one host), each device trains its members on the whole
+    batch: no gradient all-reduce, no BatchNorm statistics across devices.
+    """
+    devices = jax.device_count()
+    return members is not None and devices > 1 and members % devices == 0 and jax.process_count() == 1
+
+
 def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
     loss_fn = objective(cfg.loss.name)
     model = make_model(cfg.model, num_classes, cfg.seed)
@@ -184,7 +194,11 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
         shared = None
         train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, shared, shared, shared, 0, 0))
         eval_step = jax.vmap(eval_step, in_axes=(0, 0, shared, shared, shared, 0, 0))
-    return Program(optimizer, mesh, members, jax.jit(train_step, donate_argnums=(0, 1, 2, 3)),
+    # Pin the state's placement so that step outputs feed the next step without a second compilation.
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = NamedSharding(mesh, PartitionSpec("data")) if splits_members(members) else replicated
+    return Program(optimizer, mesh, members,
+                   jax.jit(train_step, donate_argnums=(0, 1, 2, 3), out_shardings=(state, state, state, replicated)),
                    jax.jit(eval_step))
 
 
@@ -329,7 +343,9 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
     states = [init_state(c, program, ds.num_classes) for c in cfgs]
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vmapped else states[0]
     replicated = NamedSharding(program.mesh, PartitionSpec())
-    params, rest, opt_state = jax.device_put(state, replicated)
+    shard_members = splits_members(members)
+    state_sharding = NamedSharding(program.mesh, PartitionSpec("data")) if shard_members else replicated
+    params, rest, opt_state = jax.device_put(state, state_sharding)
 
     def member_values(progress_fraction):
         values = np.array([loss_schedule(c.loss, progress_fraction) for c in cfgs], np.float32)
@@ -362,8 +378,12 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
         for i, idx in enumerate(order):
             step = epoch * steps_per_epoch + i
             temperature, margin = member_values(step / max(1, total_steps - 1))
-            local = data_lib.host_indices(idx)
-            images, labels = data_lib.shard_batch(program.mesh, ds.train_images[local], ds.train_labels[local])
+            if shard_members:
+                images, labels = jax.device_put((ds.train_images[idx], ds.train_labels[idx]), replicated)
+            else:
+                local = data_lib.host_indices(idx)
+                images, labels = data_lib.shard_batch(program.mesh, ds.train_images[local],
+                                                      ds.train_labels[local])
             params, rest, opt_state, metrics = program.train_step(
                 params, rest, opt_state, metrics, images, labels, jax.random.fold_in(key, step),
                 temperature, margin,
@@ -437,6 +457,7 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
             "population": len(cfgs) if vmapped else 1,
+            "population_split": "members" if shard_members else "batch",
             "config": json.loads(c.to_json_best_effort()),
         }
         if jax.process_index() == 0:

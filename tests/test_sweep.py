@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -155,3 +156,33 @@ def test_lse_cosine_floor_values():
     assert report.lse_cosine_floor(10, 1.0) == pytest.approx(np.log(9) - 10 / 9)
     assert report.lse_cosine_floor(10, 0.5) == 0.0
     assert report.lse_cosine_floor(10, 0.51) > 0.0
+
+
+def test_population_split_over_four_devices_by_members(tmp_path):
+    # 4 members on 4 forced host devices: each device trains one member on the whole batch.
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from tests.test_train import tiny_config
+        from smoothmax import train
+        base = tiny_config(name="softmax")
+        base.model.widths = (8, 8, 8)
+        members = []
+        for tau in (0.1, 0.3, 1.0, 3.0):
+            c = base.copy_and_resolve_references()
+            c.loss.temperature = tau
+            members.append(c)
+        out = sys.argv[1]
+        pop = train.train_members(members, [f"{{out}}/p{{i}}" for i in range(4)], f"{{out}}/ckpt", vmapped=True,
+                                  progress=False)
+        seq = [train.train_and_evaluate(members[i], f"{{out}}/s{{i}}", progress=False) for i in (0, 3)]
+        print(json.dumps({{"split": pop[0]["population_split"], "devices": pop[0]["devices"],
+                           "pop": [pop[i]["test_loss"] for i in (0, 3)], "seq": [s["test_loss"] for s in seq]}}))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["split"] == "members" and result["devices"] == 4
+    np.testing.assert_allclose(result["pop"], result["seq"], rtol=2e-2)
