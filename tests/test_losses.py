@@ -183,6 +183,54 @@ def test_softmax_gradient_is_softmax_minus_onehot(tau):
     np.testing.assert_allclose(grad, probs - onehot, atol=1e-6)
 
 
+def ref_family_grad(z, y, tau_m, tau_r, m):
+    """dL/dz in float64: dL/du · (softmax_τm(rivals) − onehot), the first arg-max at τm = 0."""
+    rivals, target = ref_rivals(z, y)
+    u = ref_smooth_max(rivals, tau_m) - target + m
+    dloss_du = (u > 0).astype(np.float64) if tau_r == 0 else np.exp(-np.logaddexp(0.0, -u / tau_r))
+    if tau_m == 0:
+        probs = np.eye(z.shape[-1])[np.argmax(rivals, -1)]
+    else:
+        scaled = (rivals - rivals.max(-1, keepdims=True)) / tau_m
+        probs = np.exp(scaled) / np.exp(scaled).sum(-1, keepdims=True)
+    return dloss_du[..., None] * (probs - np.eye(z.shape[-1])[y])
+
+
+# Both sides of losses._FEW_CLASSES: few classes always mask the target; many classes reduce over the raw
+# logits when that is exact (m <= 0) and mask otherwise. A target far ahead of its rivals is where the
+# unmasked rival sum would lose all its bits; with m > 0 that loss would still be positive.
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("m", [-0.5, 0.0, 1.0])
+@pytest.mark.parametrize("name", ["lse", "softmax"])
+def test_dominant_targets_are_exact_on_every_path(name, m, classes):
+    rng = np.random.default_rng(21)
+    lead = [0.9, 50.0, 0.97, 3.0, 0.0, -2.0]  # target minus its best rival
+    z = rng.standard_normal((len(lead), classes)).astype(np.float32)
+    y = rng.integers(0, classes, len(lead))
+    for i, gap in enumerate(lead):
+        z[i, y[i]] = np.max(np.delete(z[i], y[i])) + gap
+    tau = 0.03
+    tau_r = tau if name == "softmax" else 0.0
+    loss = functools.partial(sm.objective(name), labels=jnp.asarray(y), temperature=tau, margin=m)
+    np.testing.assert_allclose(loss(z), ref_family(z, y, tau, tau_r, m), rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda z: loss(z).sum())(jnp.asarray(z))
+    np.testing.assert_allclose(grad, ref_family_grad(z, y, tau, tau_r, m), rtol=1e-5, atol=1e-6)
+    if m > 0:
+        assert loss(z)[0] > 0.09  # ahead by 0.9 < m: the hinge is still active
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("name", ["lse", "softmax"])
+def test_plus_inf_target_beats_finite_rivals(name, classes):
+    z = np.random.default_rng(3).standard_normal((2, classes)).astype(np.float32)
+    z[0, 1] = np.inf
+    y = jnp.array([1, 0])
+    loss = functools.partial(sm.objective(name), labels=y, temperature=0.5)
+    assert loss(z)[0] == 0.0 and np.isfinite(loss(z)[1])
+    grad = jax.grad(lambda z: loss(z).sum())(jnp.asarray(z))
+    assert np.all(grad[0] == 0) and np.all(np.isfinite(grad))
+
+
 def test_hard_subgradient_is_one_pair_with_first_index_ties():
     z = jnp.array([[0.0, 0.0, 0.0, 0.0], [1.0, 3.0, 3.0, 0.0], [5.0, 1.0, 1.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
     y = jnp.array([3, 0, 0, 1])
