@@ -223,13 +223,15 @@ def _exact_without_mask(tau_m, tau_r, margin, tying):
     return jnp.all(exact)
 
 
-def _rival_sums(z, labels, target, safe_tau_m, fast):
+def _rival_sums(z, labels, target, safe_tau_m, fast, value_only):
     """Per example: a shift, ``Σ_{i≠y} exp((z_i − shift)/τm)`` and the rival max (the row max on the fast path).
 
     The fast path runs the two row reductions of log-sum-exp over the raw logits (XLA:CPU fuses them into
     its library reductions); the exact path masks the target first, which XLA:CPU materialises as an
     extra [B, C] pass. On the fast path the row max stands in for the rival max: they differ only where
-    the target holds the max, and there ``_exact_without_mask`` guarantees the hinge is inactive.
+    the target holds the max, and there ``_exact_without_mask`` guarantees the hinge is inactive. With few
+    classes only a value-only call takes the fast path: under differentiation the masked exps are shared
+    with the gradient pass, which is cheaper there.
     """
 
     def unmasked():
@@ -248,18 +250,18 @@ def _rival_sums(z, labels, target, safe_tau_m, fast):
         total = jnp.sum(jnp.exp((rivals - shift[..., None]) / safe_tau_m[..., None]), axis=-1)
         return shift, total, rival_max
 
-    if z.shape[-1] <= _FEW_CLASSES:
+    if z.shape[-1] <= _FEW_CLASSES and not value_only:
         return masked()
     return lax.cond(fast, unmasked, masked)
 
 
-def _family_value(z, labels, tau_m, tau_r, margin, tying):
+def _family_value(z, labels, tau_m, tau_r, margin, tying, value_only=False):
     """Forward pass of the family; also returns the per-example intermediates the JVP rule reuses."""
     target = _pick(z, jnp.clip(labels, 0, z.shape[-1] - 1))
     smooth_m = tau_m > 0
     safe_tau_m = jnp.where(smooth_m, tau_m, 1.0)
     shift, total, rival_max = _rival_sums(z, labels, target, safe_tau_m,
-                                          _exact_without_mask(tau_m, tau_r, margin, tying))
+                                          _exact_without_mask(tau_m, tau_r, margin, tying), value_only)
     # All rivals -inf: total = 0, log 0 = -inf and the rival max is -inf in both branches.
     rival_smax = jnp.where(smooth_m, shift + tau_m * jnp.log(total), rival_max)
     u = rival_smax - target + margin
@@ -278,7 +280,10 @@ def _family_value(z, labels, tau_m, tau_r, margin, tying):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _family_core(z, labels, tau_m, tau_r, margin, tying):
-    return _family_value(z, labels, tau_m, tau_r, margin, tying)[0]
+    # With few classes a value-only call of the hinge members skips the mask (measured about 1.3x -> 1.1x optax
+    # on [65536, 10]); for the tied softmax member XLA:CPU fuses the per-example tail into the reduction
+    # and the unmasked path measured slower there, so it stays on the masked one.
+    return _family_value(z, labels, tau_m, tau_r, margin, tying, value_only=tying != "tied")[0]
 
 
 def _dense_rival_gradient(z, labels, p, dloss_du, safe_total):
