@@ -166,8 +166,7 @@ def _rivals(z, labels):
     classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
     is_target = classes == labels[..., None]
     rivals = jnp.where(is_target, jnp.finfo(z.dtype).min, z)
-    target = _pick(z, jnp.clip(labels, 0, z.shape[-1] - 1))
-    return classes, is_target, rivals, target
+    return classes, is_target, rivals, _target_logit(z, labels)
 
 
 def _rival_max(z, labels):
@@ -199,11 +198,36 @@ def _pick(x, index):
     return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
 
 
+def _safe_labels(labels, num_classes):
+    """Labels clipped into ``[0, C)`` for indexing; an out-of-range label's loss is NaN'ed separately."""
+    return jnp.clip(labels, 0, num_classes - 1)
+
+
+def _target_logit(z, labels):
+    """``z_y`` per example."""
+    return _pick(z, _safe_labels(labels, z.shape[-1]))
+
+
+def _scaled(x, shift, tau):
+    """``(x − shift)/τ`` with a per-example shift and τ broadcast over the classes."""
+    return (x - shift[..., None]) / tau[..., None]
+
+
 # Up to this many classes every pass masks the target (and the gradient reuses the forward's exps); above
 # it the reductions run over the raw logits when exact and the gradient corrects the target by a pick (a
 # scatter in the transpose). Measured on XLA:CPU: for few classes the per-example work and the scatter
 # cost more than the masked [B, C] passes, for many classes far less.
 _FEW_CLASSES = 32
+
+
+def _skips_mask(num_classes, tying, differentiated):
+    """Whether the forward pass may take the unmasked rival sum where it is exact (a speed choice).
+
+    Many classes: always. Few classes: under differentiation the masked exps are shared with the dense
+    gradient pass, so only a value-only call skips the mask, and not for the tied softmax member, whose
+    per-example tail XLA:CPU fuses into the unmasked reduction, measured slower than the masked path.
+    """
+    return num_classes > _FEW_CLASSES or (not differentiated and tying != "tied")
 
 
 def _exact_without_mask(tau_m, tau_r, margin, tying):
@@ -223,45 +247,45 @@ def _exact_without_mask(tau_m, tau_r, margin, tying):
     return jnp.all(exact)
 
 
-def _rival_sums(z, labels, target, safe_tau_m, fast, value_only):
-    """Per example: a shift, ``Σ_{i≠y} exp((z_i − shift)/τm)`` and the rival max (the row max on the fast path).
+def _unmasked_rival_sums(z, target, safe_tau_m):
+    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)`` and the row max standing in for the rival max.
 
-    The fast path runs the two row reductions of log-sum-exp over the raw logits (XLA:CPU fuses them into
-    its library reductions); the exact path masks the target first, which XLA:CPU materialises as an
-    extra [B, C] pass. On the fast path the row max stands in for the rival max: they differ only where
-    the target holds the max, and there ``_exact_without_mask`` guarantees the hinge is inactive. With few
-    classes only a value-only call takes the fast path: under differentiation the masked exps are shared
-    with the gradient pass, which is cheaper there.
+    The two row reductions of log-sum-exp over the raw logits, which XLA:CPU fuses into its library
+    reductions. The row max differs from the rival max only where the target holds it, and there
+    ``_exact_without_mask`` guarantees the hinge is inactive.
     """
-
-    def unmasked():
-        peak = jnp.max(z, axis=-1)
-        shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
-        total = jnp.sum(jnp.exp((z - shift[..., None]) / safe_tau_m[..., None]), axis=-1)
-        target_term = jnp.exp((target - shift) / safe_tau_m)
-        # A +inf target would give inf − inf: nothing finite beats it, as on the exact path.
-        rival_total = jnp.where(target == jnp.inf, 0.0, jnp.maximum(total - target_term, 0.0))
-        return shift, rival_total, peak
-
-    def masked():
-        rivals = _rivals(z, labels)[2]
-        rival_max = jnp.max(rivals, axis=-1)
-        shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
-        total = jnp.sum(jnp.exp((rivals - shift[..., None]) / safe_tau_m[..., None]), axis=-1)
-        return shift, total, rival_max
-
-    if z.shape[-1] <= _FEW_CLASSES and not value_only:
-        return masked()
-    return lax.cond(fast, unmasked, masked)
+    peak = jnp.max(z, axis=-1)
+    shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    total = jnp.sum(jnp.exp(_scaled(z, shift, safe_tau_m)), axis=-1)
+    target_term = jnp.exp((target - shift) / safe_tau_m)
+    # A +inf target would give inf − inf: nothing finite beats it, as on the masked path.
+    rival_total = jnp.where(target == jnp.inf, 0.0, jnp.maximum(total - target_term, 0.0))
+    return shift, rival_total, peak
 
 
-def _family_value(z, labels, tau_m, tau_r, margin, tying, value_only=False):
+def _masked_rival_sums(z, labels, safe_tau_m):
+    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)`` and the rival max, through the target mask (exact always;
+    XLA:CPU materialises the masked logits as an extra [B, C] pass)."""
+    rivals = _rivals(z, labels)[2]
+    rival_max = jnp.max(rivals, axis=-1)
+    shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
+    total = jnp.sum(jnp.exp(_scaled(rivals, shift, safe_tau_m)), axis=-1)
+    return shift, total, rival_max
+
+
+def _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask):
     """Forward pass of the family; also returns the per-example intermediates the JVP rule reuses."""
-    target = _pick(z, jnp.clip(labels, 0, z.shape[-1] - 1))
+    target = _target_logit(z, labels)
     smooth_m = tau_m > 0
     safe_tau_m = jnp.where(smooth_m, tau_m, 1.0)
-    shift, total, rival_max = _rival_sums(z, labels, target, safe_tau_m,
-                                          _exact_without_mask(tau_m, tau_r, margin, tying), value_only)
+    if skip_mask:
+        shift, total, rival_max = lax.cond(
+            _exact_without_mask(tau_m, tau_r, margin, tying),
+            lambda: _unmasked_rival_sums(z, target, safe_tau_m),
+            lambda: _masked_rival_sums(z, labels, safe_tau_m),
+        )
+    else:
+        shift, total, rival_max = _masked_rival_sums(z, labels, safe_tau_m)
     # All rivals -inf: total = 0, log 0 = -inf and the rival max is -inf in both branches.
     rival_smax = jnp.where(smooth_m, shift + tau_m * jnp.log(total), rival_max)
     u = rival_smax - target + margin
@@ -280,20 +304,43 @@ def _family_value(z, labels, tau_m, tau_r, margin, tying, value_only=False):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _family_core(z, labels, tau_m, tau_r, margin, tying):
-    # With few classes a value-only call of the hinge members skips the mask (measured about 1.3x -> 1.1x optax
-    # on [65536, 10]); for the tied softmax member XLA:CPU fuses the per-example tail into the reduction
-    # and the unmasked path measured slower there, so it stays on the masked one.
-    return _family_value(z, labels, tau_m, tau_r, margin, tying, value_only=tying != "tied")[0]
+    skip_mask = _skips_mask(z.shape[-1], tying, differentiated=False)
+    return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask)[0]
 
 
-def _dense_rival_gradient(z, labels, p, dloss_du, safe_total):
-    """``∂L/∂z`` as one [B, C] array: ``dL/du·(softmax(rivals/τm) − onehot)``, or the arg-max at τm = 0."""
+def _dense_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
+    """``Σ_i ∂L/∂z_i·dz_i`` through one [B, C] gradient, ``dL/du·(softmax(rivals/τm) − onehot)`` (the
+    arg-max at τm = 0). Its exps are the masked forward pass's, which XLA computes once for both."""
     classes, is_target, rivals, _ = _rivals(z, labels)
-    rival_probs = jnp.exp((rivals - p["shift"][..., None]) / p["safe_tau_m"][..., None]) / safe_total[..., None]
+    rival_probs = jnp.exp(_scaled(rivals, p["shift"], p["safe_tau_m"])) / safe_total[..., None]
     first = _first_rival(z, labels, p["smooth_m"])
     hard_probs = (classes == first[..., None]).astype(z.dtype)
     probs = jnp.where(p["smooth_m"][..., None], rival_probs, hard_probs)
-    return dloss_du[..., None] * (probs - is_target.astype(z.dtype))
+    grad = dloss_du[..., None] * (probs - is_target.astype(z.dtype))
+    return jnp.sum(grad * dz, axis=-1)
+
+
+def _picked_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
+    """The same tangent as a dense term over all classes plus corrections picked at the target and the
+    arg-max rival.
+
+    A mask on iota == y in the [B, C] pass runs 2.5x slower on XLA:CPU than a plain exp for many classes;
+    the picks transpose to one scatter into the dense gradient (as in optax's cross-entropy). exp is
+    clamped at 0 so that the target, which may lie above the shift on the masked path, cannot overflow.
+    It is written as exp2 of z·log2(e)/τ − shift·log2(e)/τ: sharing no [B, C] operand with the forward pass
+    (not even the broadcast of 1/τ), which XLA would otherwise materialise once for both passes.
+    """
+    scale = np.log2(np.e) / p["safe_tau_m"]
+    shift_scaled = p["shift"] * scale
+    exps = jnp.exp2(jnp.minimum(z * scale[..., None] - shift_scaled[..., None], 0.0))
+    target_exp = jnp.exp2(jnp.minimum(p["target"] * scale - shift_scaled, 0.0))
+    smooth_weight = jnp.where(p["smooth_m"], dloss_du / safe_total, 0.0)
+    hard_weight = jnp.where(p["smooth_m"], 0.0, dloss_du)
+    picked = jnp.stack([_safe_labels(labels, z.shape[-1]), _first_rival(z, labels, p["smooth_m"])], -1)
+    weights = jnp.stack([-(smooth_weight * target_exp + dloss_du), hard_weight], -1)
+    return smooth_weight * jnp.sum(exps * dz, axis=-1) + jnp.sum(
+        weights * jnp.take_along_axis(dz, picked, axis=-1), axis=-1
+    )
 
 
 def _first_rival(z, labels, smooth_m):
@@ -335,41 +382,23 @@ def _first_rival_vmap(axis_size, in_batched, z, labels, smooth_m):
 def _family_jvp(tying, primals, tangents):
     z, labels, tau_m, tau_r, margin = primals
     dz, _, dtau_m, dtau_r, dmargin = tangents
-    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying)
+    skip_mask = _skips_mask(z.shape[-1], tying, differentiated=True)
+    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask)
     # dL/du of the outer smooth ReLU: sigmoid(u/τr), or the step u > 0 at τr = 0.
     dloss_du = jnp.where(p["smooth_r"], jax.nn.sigmoid(p["scaled_u"]), (p["u"] > 0).astype(z.dtype))
     dloss_du = jnp.where(p["bad"], jnp.nan, dloss_du)
     dloss = jnp.zeros_like(loss)
     safe_total = jnp.where(p["total"] > 0, p["total"], 1.0)
-    if not isinstance(dz, SymbolicZero) and z.shape[-1] <= _FEW_CLASSES:
-        dloss = dloss + jnp.sum(_dense_rival_gradient(z, labels, p, dloss_du, safe_total) * dz, axis=-1)
-    elif not isinstance(dz, SymbolicZero):
-        # The same gradient as a dense term over all classes plus corrections picked at the target and the
-        # arg-max: a mask on iota == y in the [B, C] pass runs 2.5x slower on XLA:CPU than a plain exp for
-        # many classes, and the picks transpose to scatters into the dense gradient (as in optax's
-        # cross-entropy). exp is clamped at 0 so that the target, which may lie above the shift on the
-        # exact path, cannot overflow. It is written as exp2 of z·log2(e)/τ − shift·log2(e)/τ: sharing no
-        # [B, C] operand with the forward pass (not even the broadcast of 1/τ), which XLA would otherwise
-        # materialise once for both passes, an extra write and read of the whole array.
-        scale = np.log2(np.e) / p["safe_tau_m"]
-        shift_scaled = p["shift"] * scale
-        exps = jnp.exp2(jnp.minimum(z * scale[..., None] - shift_scaled[..., None], 0.0))
-        target_exp = jnp.exp2(jnp.minimum(p["target"] * scale - shift_scaled, 0.0))
-        smooth_weight = jnp.where(p["smooth_m"], dloss_du / safe_total, 0.0)
-        hard_weight = jnp.where(p["smooth_m"], 0.0, dloss_du)
-        # Both corrections in one pick (one scatter in the transpose): the target and the arg-max rival.
-        picked = jnp.stack([jnp.clip(labels, 0, z.shape[-1] - 1), _first_rival(z, labels, p["smooth_m"])], -1)
-        weights = jnp.stack([-(smooth_weight * target_exp + dloss_du), hard_weight], -1)
-        dloss = dloss + smooth_weight * jnp.sum(exps * dz, axis=-1) + jnp.sum(
-            weights * jnp.take_along_axis(dz, picked, axis=-1), axis=-1
-        )
+    if not isinstance(dz, SymbolicZero):
+        # dLSE/dz over the rivals: softmax(rivals/τm), or the first arg-max at τm = 0.
+        rival_tangent = _picked_rival_tangent if skip_mask else _dense_rival_tangent
+        dloss = dloss + rival_tangent(z, labels, p, dloss_du, safe_total, dz)
     if not isinstance(dmargin, SymbolicZero):
         dloss = dloss + dloss_du * dmargin
     if not isinstance(dtau_m, SymbolicZero):
         # d/dτ [τ·log Σ exp(x/τ)] is the entropy of softmax(x/τ); it is 0 at τ = 0.
         # Masked entries are zeroed before the product, so no 0·inf reaches higher derivatives.
-        rivals = _rivals(z, labels)[2]
-        scaled = (rivals - p["shift"][..., None]) / p["safe_tau_m"][..., None]
+        scaled = _scaled(_rivals(z, labels)[2], p["shift"], p["safe_tau_m"])
         rival_exps = jnp.exp(scaled)
         cross = jnp.sum(rival_exps * jnp.where(rival_exps > 0, scaled, 0.0), axis=-1) / safe_total
         entropy = jnp.where(p["smooth_m"], jnp.log(safe_total) - cross, 0.0)
@@ -392,7 +421,7 @@ def _hard_value(z, labels, margin):
     does and m ≤ 0 the loss is 0 whatever the rival max. Only a target at the top with m > 0 needs the
     masked reduction (a ``cond`` on a scalar takes the whole batch through it).
     """
-    target = _pick(z, jnp.clip(labels, 0, z.shape[-1] - 1))
+    target = _target_logit(z, labels)
     peak = jnp.max(z, axis=-1)
     needs_rival_max = jnp.any((target >= peak) & (margin > 0))
     rival_max = lax.cond(needs_rival_max, lambda: _rival_max(z, labels), lambda: peak)

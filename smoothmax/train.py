@@ -117,14 +117,25 @@ class Program:
     members: int | None
     train_step: Any
     eval_step: Any
+    # Where the vmapped population lives. When the devices divide it (on one host), each device holds
+    # whole members and sees the whole batch: no gradient all-reduce, no BatchNorm statistics across
+    # devices. Otherwise the state is replicated and batches are split along ``data``.
+    splits_members: bool
+
+    @property
+    def state_sharding(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec("data") if self.splits_members else PartitionSpec())
+
+    def put_batch(self, *local_arrays: np.ndarray):
+        """Place this host's rows of a batch: whole on every device when the devices hold members, split
+        along ``data`` otherwise."""
+        if self.splits_members:
+            out = jax.device_put(local_arrays, NamedSharding(self.mesh, PartitionSpec()))
+            return out if len(out) > 1 else out[0]
+        return data_lib.shard_batch(self.mesh, *local_arrays)
 
 
-def splits_members(members: int | None) -> bool:
-    """Whether a vmapped population is split over the devices by members rather than by batch.
-
-    When the devices divide the population (on one host), each device trains its members on the whole
-    batch: no gradient all-reduce, no BatchNorm statistics across devices.
-    """
+def _splits_members(members: int | None) -> bool:
     devices = jax.device_count()
     return members is not None and devices > 1 and members % devices == 0 and jax.process_count() == 1
 
@@ -194,12 +205,12 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
         shared = None
         train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, shared, shared, shared, 0, 0))
         eval_step = jax.vmap(eval_step, in_axes=(0, 0, shared, shared, shared, 0, 0))
+    program = Program(optimizer, mesh, members, train_step, jax.jit(eval_step), _splits_members(members))
     # Pin the state's placement so that step outputs feed the next step without a second compilation.
-    replicated = NamedSharding(mesh, PartitionSpec())
-    state = NamedSharding(mesh, PartitionSpec("data")) if splits_members(members) else replicated
-    return Program(optimizer, mesh, members,
-                   jax.jit(train_step, donate_argnums=(0, 1, 2, 3), out_shardings=(state, state, state, replicated)),
-                   jax.jit(eval_step))
+    state, replicated = program.state_sharding, NamedSharding(mesh, PartitionSpec())
+    program.train_step = jax.jit(train_step, donate_argnums=(0, 1, 2, 3),
+                                 out_shardings=(state, state, state, replicated))
+    return program
 
 
 _PROGRAMS: dict[tuple, Program] = {}
@@ -237,7 +248,7 @@ def evaluate(program: Program, params, rest, images, labels, cfg, temperature, m
     batch -= batch % len(program.mesh.devices.ravel())
     for idx, mask in data_lib.eval_batches(len(labels), batch):
         local = data_lib.host_indices(np.arange(len(idx)))
-        x, y, m = data_lib.shard_batch(program.mesh, images[idx[local]], labels[idx[local]], mask[local])
+        x, y, m = program.put_batch(images[idx[local]], labels[idx[local]], mask[local])
         out, batch_margins = program.eval_step(params, rest, x, y, m, temperature, margin)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         margins.append(np.asarray(batch_margins)[..., mask])
@@ -343,9 +354,7 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
     states = [init_state(c, program, ds.num_classes) for c in cfgs]
     state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vmapped else states[0]
     replicated = NamedSharding(program.mesh, PartitionSpec())
-    shard_members = splits_members(members)
-    state_sharding = NamedSharding(program.mesh, PartitionSpec("data")) if shard_members else replicated
-    params, rest, opt_state = jax.device_put(state, state_sharding)
+    params, rest, opt_state = jax.device_put(state, program.state_sharding)
 
     def member_values(progress_fraction):
         values = np.array([loss_schedule(c.loss, progress_fraction) for c in cfgs], np.float32)
@@ -378,12 +387,8 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
         for i, idx in enumerate(order):
             step = epoch * steps_per_epoch + i
             temperature, margin = member_values(step / max(1, total_steps - 1))
-            if shard_members:
-                images, labels = jax.device_put((ds.train_images[idx], ds.train_labels[idx]), replicated)
-            else:
-                local = data_lib.host_indices(idx)
-                images, labels = data_lib.shard_batch(program.mesh, ds.train_images[local],
-                                                      ds.train_labels[local])
+            local = data_lib.host_indices(idx)
+            images, labels = program.put_batch(ds.train_images[local], ds.train_labels[local])
             params, rest, opt_state, metrics = program.train_step(
                 params, rest, opt_state, metrics, images, labels, jax.random.fold_in(key, step),
                 temperature, margin,
@@ -457,7 +462,7 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
             "population": len(cfgs) if vmapped else 1,
-            "population_split": "members" if shard_members else "batch",
+            "population_split": "members" if program.splits_members else "batch",
             "config": json.loads(c.to_json_best_effort()),
         }
         if jax.process_index() == 0:
