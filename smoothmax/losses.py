@@ -213,9 +213,9 @@ def _scaled(x, shift, tau):
     return (x - shift[..., None]) / tau[..., None]
 
 
-# Up to this many classes every pass masks the target (and the gradient reuses the forward's exps); above
-# it the reductions run over the raw logits when exact and the gradient corrects the target by a pick (a
-# scatter in the transpose). Measured on XLA:CPU: for few classes the per-example work and the scatter
+# Up to this many classes every pass masks the target; above it the reductions run over the raw logits
+# when exact and the gradient corrects the target by a pick (a scatter in the transpose). Either way the
+# gradient reuses the exps of the forward pass. Measured on XLA:CPU: for few classes the per-example work and the scatter
 # cost more than the masked [B, C] passes, for many classes far less.
 _FEW_CLASSES = 32
 
@@ -247,45 +247,58 @@ def _exact_without_mask(tau_m, tau_r, margin, tying):
     return jnp.all(exact)
 
 
-def _unmasked_rival_sums(z, target, safe_tau_m):
-    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)`` and the row max standing in for the rival max.
+def _unmasked_rival_sums(z, labels, target, safe_tau_m, differentiated):
+    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)``, the row max standing in for the rival max, the exps and
+    the target's exp.
 
-    The two row reductions of log-sum-exp over the raw logits, which XLA:CPU fuses into its library
-    reductions. The row max differs from the rival max only where the target holds it, and there
-    ``_exact_without_mask`` guarantees the hinge is inactive.
+    The rival sum is the sum over all classes minus the target's term: both row reductions run over the
+    raw logits, which XLA:CPU fuses into its library reductions as in log-sum-exp, and the exps (all
+    classes, the target's too) are stored once for the gradient, as in optax's cross-entropy. The row max
+    differs from the rival max only where the target holds it, and there ``_exact_without_mask``
+    guarantees the hinge is inactive.
     """
     peak = jnp.max(z, axis=-1)
     shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
-    total = jnp.sum(jnp.exp(_scaled(z, shift, safe_tau_m)), axis=-1)
-    target_term = jnp.exp((target - shift) / safe_tau_m)
+    if differentiated:
+        # Stored for the gradient, whose zero weight on a +inf target's row must not meet exp(+inf):
+        # the clamp only acts on rows whose max is infinite (shift 0).
+        exps = jnp.exp(jnp.minimum(_scaled(z, shift, safe_tau_m), 0.0))
+        # Picked from the stored exps before the sum: the gradient takes exactly this term out again, and
+        # the exps die at the gradient's product (XLA then writes them into the gradient's own buffer).
+        target_exp = _pick(exps, _safe_labels(labels, z.shape[-1]))
+    else:
+        # Unclamped, and no pick: XLA:CPU fuses the exps into its library reduction and never stores them.
+        exps = jnp.exp(_scaled(z, shift, safe_tau_m))
+        target_exp = jnp.exp((target - shift) / safe_tau_m)
     # A +inf target would give inf − inf: nothing finite beats it, as on the masked path.
-    rival_total = jnp.where(target == jnp.inf, 0.0, jnp.maximum(total - target_term, 0.0))
-    return shift, rival_total, peak
+    rival_total = jnp.where(target == jnp.inf, 0.0, jnp.maximum(jnp.sum(exps, axis=-1) - target_exp, 0.0))
+    return shift, rival_total, peak, exps, target_exp
 
 
 def _masked_rival_sums(z, labels, safe_tau_m):
-    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)`` and the rival max, through the target mask (exact always;
-    XLA:CPU materialises the masked logits as an extra [B, C] pass)."""
+    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)``, the rival max, the exps and the target's (0), through
+    the target mask: exact always; XLA:CPU materialises the masked logits as an extra [B, C] pass."""
     rivals = _rivals(z, labels)[2]
     rival_max = jnp.max(rivals, axis=-1)
     shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
-    total = jnp.sum(jnp.exp(_scaled(rivals, shift, safe_tau_m)), axis=-1)
-    return shift, total, rival_max
+    exps = jnp.exp(_scaled(rivals, shift, safe_tau_m))
+    return shift, jnp.sum(exps, axis=-1), rival_max, exps, jnp.zeros_like(shift)
 
 
-def _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask):
-    """Forward pass of the family; also returns the per-example intermediates the JVP rule reuses."""
+def _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated):
+    """Forward pass of the family; also returns the intermediates the JVP rule reuses."""
+    skip_mask = _skips_mask(z.shape[-1], tying, differentiated)
     target = _target_logit(z, labels)
     smooth_m = tau_m > 0
     safe_tau_m = jnp.where(smooth_m, tau_m, 1.0)
     if skip_mask:
-        shift, total, rival_max = lax.cond(
+        shift, total, rival_max, exps, target_exp = lax.cond(
             _exact_without_mask(tau_m, tau_r, margin, tying),
-            lambda: _unmasked_rival_sums(z, target, safe_tau_m),
+            lambda: _unmasked_rival_sums(z, labels, target, safe_tau_m, differentiated),
             lambda: _masked_rival_sums(z, labels, safe_tau_m),
         )
     else:
-        shift, total, rival_max = _masked_rival_sums(z, labels, safe_tau_m)
+        shift, total, rival_max, exps, target_exp = _masked_rival_sums(z, labels, safe_tau_m)
     # All rivals -inf: total = 0, log 0 = -inf and the rival max is -inf in both branches.
     rival_smax = jnp.where(smooth_m, shift + tau_m * jnp.log(total), rival_max)
     u = rival_smax - target + margin
@@ -296,23 +309,22 @@ def _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask):
     bad = _bad_label(labels, z.shape[-1])
     loss = jnp.where(bad, jnp.nan, loss)
     parts = dict(
-        target=target, rival_max=rival_max, shift=shift, smooth_m=smooth_m, safe_tau_m=safe_tau_m, total=total,
-        smooth_r=smooth_r, scaled_u=scaled_u, u=u, bad=bad,
+        target=target, rival_max=rival_max, shift=shift, smooth_m=smooth_m, safe_tau_m=safe_tau_m,
+        total=total, exps=exps, target_exp=target_exp, smooth_r=smooth_r, scaled_u=scaled_u, u=u, bad=bad,
     )
     return loss, parts
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _family_core(z, labels, tau_m, tau_r, margin, tying):
-    skip_mask = _skips_mask(z.shape[-1], tying, differentiated=False)
-    return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask)[0]
+    return _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated=False)[0]
 
 
 def _dense_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
     """``Σ_i ∂L/∂z_i·dz_i`` through one [B, C] gradient, ``dL/du·(softmax(rivals/τm) − onehot)`` (the
-    arg-max at τm = 0). Its exps are the masked forward pass's, which XLA computes once for both."""
-    classes, is_target, rivals, _ = _rivals(z, labels)
-    rival_probs = jnp.exp(_scaled(rivals, p["shift"], p["safe_tau_m"])) / safe_total[..., None]
+    arg-max at τm = 0), on the masked forward pass's exps."""
+    classes, is_target, _, _ = _rivals(z, labels)
+    rival_probs = p["exps"] / safe_total[..., None]
     first = _first_rival(z, labels, p["smooth_m"])
     hard_probs = (classes == first[..., None]).astype(z.dtype)
     probs = jnp.where(p["smooth_m"][..., None], rival_probs, hard_probs)
@@ -321,23 +333,19 @@ def _dense_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
 
 
 def _picked_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
-    """The same tangent as a dense term over all classes plus corrections picked at the target and the
-    arg-max rival.
+    """The same tangent as a dense term over all classes, on the forward pass's stored exps, plus
+    corrections picked at the target and the arg-max rival.
 
-    A mask on iota == y in the [B, C] pass runs 2.5x slower on XLA:CPU than a plain exp for many classes;
-    the picks transpose to one scatter into the dense gradient (as in optax's cross-entropy). exp is
-    clamped at 0 so that the target, which may lie above the shift on the masked path, cannot overflow.
-    It is written as exp2 of z·log2(e)/τ − shift·log2(e)/τ: sharing no [B, C] operand with the forward pass
-    (not even the broadcast of 1/τ), which XLA would otherwise materialise once for both passes.
+    A mask on iota == y in the [B, C] pass runs 2.5x slower on XLA:CPU than a plain product for many
+    classes; the picks transpose to one scatter into the dense gradient (as in optax's cross-entropy).
     """
-    scale = np.log2(np.e) / p["safe_tau_m"]
-    shift_scaled = p["shift"] * scale
-    exps = jnp.exp2(jnp.minimum(z * scale[..., None] - shift_scaled[..., None], 0.0))
-    target_exp = jnp.exp2(jnp.minimum(p["target"] * scale - shift_scaled, 0.0))
+    exps = p["exps"]
     smooth_weight = jnp.where(p["smooth_m"], dloss_du / safe_total, 0.0)
     hard_weight = jnp.where(p["smooth_m"], 0.0, dloss_du)
-    picked = jnp.stack([_safe_labels(labels, z.shape[-1]), _first_rival(z, labels, p["smooth_m"])], -1)
-    weights = jnp.stack([-(smooth_weight * target_exp + dloss_du), hard_weight], -1)
+    target = _safe_labels(labels, z.shape[-1])
+    picked = jnp.stack([target, _first_rival(z, labels, p["smooth_m"])], -1)
+    # The target's own exp is taken out again, so that it nets to exactly −dL/du.
+    weights = jnp.stack([-(smooth_weight * p["target_exp"] + dloss_du), hard_weight], -1)
     return smooth_weight * jnp.sum(exps * dz, axis=-1) + jnp.sum(
         weights * jnp.take_along_axis(dz, picked, axis=-1), axis=-1
     )
@@ -382,8 +390,7 @@ def _first_rival_vmap(axis_size, in_batched, z, labels, smooth_m):
 def _family_jvp(tying, primals, tangents):
     z, labels, tau_m, tau_r, margin = primals
     dz, _, dtau_m, dtau_r, dmargin = tangents
-    skip_mask = _skips_mask(z.shape[-1], tying, differentiated=True)
-    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask)
+    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated=True)
     # dL/du of the outer smooth ReLU: sigmoid(u/τr), or the step u > 0 at τr = 0.
     dloss_du = jnp.where(p["smooth_r"], jax.nn.sigmoid(p["scaled_u"]), (p["u"] > 0).astype(z.dtype))
     dloss_du = jnp.where(p["bad"], jnp.nan, dloss_du)
@@ -391,7 +398,8 @@ def _family_jvp(tying, primals, tangents):
     safe_total = jnp.where(p["total"] > 0, p["total"], 1.0)
     if not isinstance(dz, SymbolicZero):
         # dLSE/dz over the rivals: softmax(rivals/τm), or the first arg-max at τm = 0.
-        rival_tangent = _picked_rival_tangent if skip_mask else _dense_rival_tangent
+        subtracted = _skips_mask(z.shape[-1], tying, differentiated=True)
+        rival_tangent = _picked_rival_tangent if subtracted else _dense_rival_tangent
         dloss = dloss + rival_tangent(z, labels, p, dloss_du, safe_total, dz)
     if not isinstance(dmargin, SymbolicZero):
         dloss = dloss + dloss_du * dmargin
