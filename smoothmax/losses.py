@@ -220,14 +220,13 @@ def _scaled(x, shift, tau):
 _FEW_CLASSES = 32
 
 
-def _skips_mask(num_classes, tying, differentiated):
+def _skips_mask(num_classes, differentiated):
     """Whether the forward pass may take the unmasked rival sum where it is exact (a speed choice).
 
-    Many classes: always. Few classes: under differentiation the masked exps are shared with the dense
-    gradient pass, so only a value-only call skips the mask, and not for the tied softmax member, whose
-    per-example tail XLA:CPU fuses into the unmasked reduction, measured slower than the masked path.
+    Many classes: always. Few classes: only a value-only call; under differentiation the masked exps feed
+    the dense gradient pass, which for few classes costs less than the per-example work and the scatter.
     """
-    return num_classes > _FEW_CLASSES or (not differentiated and tying != "tied")
+    return num_classes > _FEW_CLASSES or not differentiated
 
 
 def _exact_without_mask(tau_m, tau_r, margin, tying):
@@ -285,9 +284,8 @@ def _masked_rival_sums(z, labels, safe_tau_m):
     return shift, jnp.sum(exps, axis=-1), rival_max, exps, jnp.zeros_like(shift)
 
 
-def _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated):
+def _family_value(z, labels, tau_m, tau_r, margin, tying, *, skip_mask, differentiated):
     """Forward pass of the family; also returns the intermediates the JVP rule reuses."""
-    skip_mask = _skips_mask(z.shape[-1], tying, differentiated)
     target = _target_logit(z, labels)
     smooth_m = tau_m > 0
     safe_tau_m = jnp.where(smooth_m, tau_m, 1.0)
@@ -315,9 +313,57 @@ def _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated):
     return loss, parts
 
 
+def _tied_value_by_log_sum_exp(z, labels, tau, margin):
+    """The softmax member (τr = τm = τ) for m ≤ 0 as one log-sum-exp over all classes.
+
+    With the row max s, ``S = Σ_i exp((z_i − s)/τ)`` over all classes, ``a = m/τ ≤ 0`` and
+    ``b = (z_y − s)/τ ≤ 0``::
+
+        L = τ·log(1 + e^a·(S − e^b)/e^b) = s + τ·log(e^a·S + (1 − e^a)·e^b) − z_y
+
+    Both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp (absolute
+    error τ·eps where the target dominates). The two per-example exps are taken relative to
+    ``d = max(a, b)``, so that a large negative margin and a far-behind target cannot underflow together.
+    This drops the per-example softplus of the general form, which for few classes costs as much as the
+    reductions. At τ = 0 the loss is the hinge over the row max, exact for m ≤ 0 (a target at the peak
+    gives 0 either way).
+    """
+    target = _target_logit(z, labels)
+    peak = jnp.max(z, axis=-1)
+    shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    smooth = tau > 0
+    safe_tau = jnp.where(smooth, tau, 1.0)
+    total = jnp.sum(jnp.exp(_scaled(z, shift, safe_tau)), axis=-1)
+
+    def with_margin():
+        a = margin / safe_tau
+        b = (target - shift) / safe_tau
+        d = jnp.maximum(a, b)
+        return d, jnp.exp(a - d) * total - jnp.expm1(a) * jnp.exp(b - d)
+
+    # No margin (cross-entropy itself, the common case): a scalar cond skips three per-example
+    # transcendentals, which cost ~5 % of the whole loss for 10 classes.
+    d, inner = lax.cond(jnp.all(margin == 0), lambda: (jnp.zeros_like(total), total), with_margin)
+    smooth_loss = shift + tau * (d + jnp.log(inner)) - target
+    # A +inf target beats every finite rival (the formula would give inf − inf).
+    smooth_loss = jnp.where(target == jnp.inf, 0.0, smooth_loss)
+    loss = jnp.where(smooth, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
+    return jnp.where(_bad_label(labels, z.shape[-1]), jnp.nan, loss)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _family_core(z, labels, tau_m, tau_r, margin, tying):
-    return _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated=False)[0]
+    def masked():
+        return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=False, differentiated=False)[0]
+
+    if tying == "tied":
+        return lax.cond(
+            _exact_without_mask(tau_m, tau_r, margin, tying),
+            lambda: _tied_value_by_log_sum_exp(z, labels, tau_m, margin),
+            masked,
+        )
+    skip_mask = _skips_mask(z.shape[-1], differentiated=False)
+    return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=skip_mask, differentiated=False)[0]
 
 
 def _dense_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
@@ -390,7 +436,8 @@ def _first_rival_vmap(axis_size, in_batched, z, labels, smooth_m):
 def _family_jvp(tying, primals, tangents):
     z, labels, tau_m, tau_r, margin = primals
     dz, _, dtau_m, dtau_r, dmargin = tangents
-    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying, differentiated=True)
+    skip_mask = _skips_mask(z.shape[-1], differentiated=True)
+    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=skip_mask, differentiated=True)
     # dL/du of the outer smooth ReLU: sigmoid(u/τr), or the step u > 0 at τr = 0.
     dloss_du = jnp.where(p["smooth_r"], jax.nn.sigmoid(p["scaled_u"]), (p["u"] > 0).astype(z.dtype))
     dloss_du = jnp.where(p["bad"], jnp.nan, dloss_du)
@@ -398,8 +445,7 @@ def _family_jvp(tying, primals, tangents):
     safe_total = jnp.where(p["total"] > 0, p["total"], 1.0)
     if not isinstance(dz, SymbolicZero):
         # dLSE/dz over the rivals: softmax(rivals/τm), or the first arg-max at τm = 0.
-        subtracted = _skips_mask(z.shape[-1], tying, differentiated=True)
-        rival_tangent = _picked_rival_tangent if subtracted else _dense_rival_tangent
+        rival_tangent = _picked_rival_tangent if skip_mask else _dense_rival_tangent
         dloss = dloss + rival_tangent(z, labels, p, dloss_du, safe_total, dz)
     if not isinstance(dmargin, SymbolicZero):
         dloss = dloss + dloss_du * dmargin
@@ -455,12 +501,13 @@ def _hard_jvp(primals, tangents):
         # peak is a rival: no mask needed.
         rival = lax.cond(needs_rival_max, lambda: _first_index(z, rival_max, exclude=labels),
                          lambda: _first_index(z, rival_max))
-        # Exactly one +1 (strongest rival) and one −1 (target) per active example. Written densely: its
-        # transpose is one elementwise pass writing the gradient, where picks transpose to a zero-filled
-        # buffer plus two scatters (measured 1.4x slower on XLA:CPU).
+        # Exactly one +1 (strongest rival) and one −1 (target) per active example. Written densely as
+        # selects: the transpose is one elementwise pass writing the gradient, where picks transpose to a
+        # zero-filled buffer plus scatters, and a difference of one-hots to converts and a subtraction
+        # (each measured 1.2-1.3x slower on XLA:CPU).
         classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
-        pair = (classes == rival[..., None]).astype(z.dtype) - (classes == labels[..., None]).astype(z.dtype)
-        dloss = dloss + active * jnp.sum(pair * dz, axis=-1)
+        pair = jnp.where(classes == rival[..., None], dz, jnp.where(classes == labels[..., None], -dz, 0.0))
+        dloss = dloss + active * jnp.sum(pair, axis=-1)
     if not isinstance(dmargin, SymbolicZero):
         dloss = dloss + active * dmargin
     return loss, dloss

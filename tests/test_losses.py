@@ -219,6 +219,25 @@ def test_dominant_targets_are_exact_on_every_path(name, m, classes):
         assert loss(z)[0] > 0.09  # ahead by 0.9 < m: the hinge is still active
 
 
+# The softmax member's value-only path for m <= 0 is one log-sum-exp over all classes, with a scalar cond
+# for m = 0; a traced margin takes every branch at run time. A margin far below 0 together with a target
+# far behind makes both per-example terms underflow unless they are rescaled.
+@pytest.mark.parametrize("tau", [1e-3, 0.3])
+def test_softmax_value_under_a_traced_margin(tau):
+    rng = np.random.default_rng(5)
+    z = (rng.standard_normal((6, 10)) * 3).astype(np.float32)
+    y = rng.integers(0, 10, 6)
+    z[0, y[0]] = z[0].max() + 2.0  # target ahead
+    z[1, y[1]] = z[1].min() - 5.0  # target far behind
+    loss = jax.jit(lambda z, m: sm.softmax_loss(z, jnp.asarray(y), temperature=tau, margin=m))
+    for m in [0.0, -0.5, -40.0, 0.35]:
+        np.testing.assert_allclose(loss(z, m), ref_family(z, y, tau, tau, m), rtol=1e-5, atol=tolerance(z, tau))
+    per_example = np.array([0.0, -40.0, -0.5, 0.0, 0.0, -1e-3], np.float32)
+    np.testing.assert_allclose(
+        loss(z, per_example), ref_family(z, y, tau, tau, per_example), rtol=1e-5, atol=tolerance(z, tau)
+    )
+
+
 @pytest.mark.parametrize("classes", [10, 100])
 @pytest.mark.parametrize("name", ["lse", "softmax"])
 def test_plus_inf_target_beats_finite_rivals(name, classes):
