@@ -3,7 +3,7 @@
 Every case is jitted, timed in the same process, interleaved with its optax baseline (A, B, A, B, ...) so
 that machine noise hits both alike, and reported as medians with their ratio:
 
-    python experiments/bench_losses.py [--repeats 30] [--system-malloc]
+    python experiments/bench_losses.py [--repeats 100] [--system-malloc]
 
 Cases: forward and gradient of hard, lse and softmax on [8192, 1000] and [65536, 10] float32, and an
 8-temperature ``vmap`` sweep of the softmax loss against one single call.
@@ -64,7 +64,7 @@ def _mean_loss(loss_fn):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--system-malloc", action="store_true",
                         help="keep the allocator as it comes (timings of [8192, 1000] outputs turn bimodal)")
     args = parser.parse_args()
