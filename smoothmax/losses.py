@@ -213,10 +213,10 @@ def _scaled(x, shift, tau):
     return (x - shift[..., None]) / tau[..., None]
 
 
-# Up to this many classes every pass masks the target; above it the reductions run over the raw logits
-# when exact and the gradient corrects the target by a pick (a scatter in the transpose). Either way the
-# gradient reuses the exps of the forward pass. Measured on XLA:CPU: for few classes the per-example work and the scatter
-# cost more than the masked [B, C] passes, for many classes far less.
+# Up to this many classes a differentiated pass masks the target; above it the reductions run over the
+# raw logits when exact and the gradient corrects the target by a pick (a scatter in the transpose).
+# Either way the gradient reuses the exps of the forward pass. Measured on XLA:CPU: for few classes the
+# per-example work and the scatter cost more than the masked [B, C] passes, for many classes far less.
 _FEW_CLASSES = 32
 
 
@@ -353,17 +353,17 @@ def _tied_value_by_log_sum_exp(z, labels, tau, margin):
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
 def _family_core(z, labels, tau_m, tau_r, margin, tying):
-    def masked():
-        return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=False, differentiated=False)[0]
+    def value(skip_mask):
+        return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=skip_mask, differentiated=False)[0]
 
     if tying == "tied":
+        # Where exact, the softmax member is one log-sum-exp: no rival sum and no softplus.
         return lax.cond(
             _exact_without_mask(tau_m, tau_r, margin, tying),
             lambda: _tied_value_by_log_sum_exp(z, labels, tau_m, margin),
-            masked,
+            lambda: value(skip_mask=False),
         )
-    skip_mask = _skips_mask(z.shape[-1], differentiated=False)
-    return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=skip_mask, differentiated=False)[0]
+    return value(skip_mask=_skips_mask(z.shape[-1], differentiated=False))
 
 
 def _dense_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
