@@ -258,16 +258,13 @@ def _unmasked_rival_sums(z, labels, target, safe_tau_m, differentiated):
     """
     peak = jnp.max(z, axis=-1)
     shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    exps = jnp.exp(_scaled(z, shift, safe_tau_m))
     if differentiated:
-        # Stored for the gradient, whose zero weight on a +inf target's row must not meet exp(+inf):
-        # the clamp only acts on rows whose max is infinite (shift 0).
-        exps = jnp.exp(jnp.minimum(_scaled(z, shift, safe_tau_m), 0.0))
         # Picked from the stored exps before the sum: the gradient takes exactly this term out again, and
         # the exps die at the gradient's product (XLA then writes them into the gradient's own buffer).
         target_exp = _pick(exps, _safe_labels(labels, z.shape[-1]))
     else:
-        # Unclamped, and no pick: XLA:CPU fuses the exps into its library reduction and never stores them.
-        exps = jnp.exp(_scaled(z, shift, safe_tau_m))
+        # No pick: XLA:CPU fuses the exps into its library reduction and never stores them.
         target_exp = jnp.exp((target - shift) / safe_tau_m)
     # A +inf target would give inf − inf: nothing finite beats it, as on the masked path.
     rival_total = jnp.where(target == jnp.inf, 0.0, jnp.maximum(jnp.sum(exps, axis=-1) - target_exp, 0.0))
@@ -385,13 +382,15 @@ def _picked_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
     A mask on iota == y in the [B, C] pass runs 2.5x slower on XLA:CPU than a plain product for many
     classes; the picks transpose to one scatter into the dense gradient (as in optax's cross-entropy).
     """
-    exps = p["exps"]
+    # The exps are at most 1 except on rows with an infinite max (shift 0), whose weight is 0: the clamp
+    # keeps exp(+inf) from meeting it, in the memory-bound product rather than the exp pass.
+    exps = jnp.minimum(p["exps"], 1.0)
     smooth_weight = jnp.where(p["smooth_m"], dloss_du / safe_total, 0.0)
     hard_weight = jnp.where(p["smooth_m"], 0.0, dloss_du)
     target = _safe_labels(labels, z.shape[-1])
     picked = jnp.stack([target, _first_rival(z, labels, p["smooth_m"])], -1)
     # The target's own exp is taken out again, so that it nets to exactly −dL/du.
-    weights = jnp.stack([-(smooth_weight * p["target_exp"] + dloss_du), hard_weight], -1)
+    weights = jnp.stack([-(smooth_weight * jnp.minimum(p["target_exp"], 1.0) + dloss_du), hard_weight], -1)
     return smooth_weight * jnp.sum(exps * dz, axis=-1) + jnp.sum(
         weights * jnp.take_along_axis(dz, picked, axis=-1), axis=-1
     )
