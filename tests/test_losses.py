@@ -334,6 +334,20 @@ def test_vmap_over_temperatures_including_zero_is_exact_with_finite_gradients(na
     np.testing.assert_array_equal(grads[0][0], jax.grad(lambda z: jnp.mean(sm.hard_loss(z, y)))(z))
 
 
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("name", ["lse", "softmax"])
+def test_value_only_vmap_over_temperatures_matches_reference(name, classes):
+    # A value-only call takes the unmasked sums (and for softmax the log-sum-exp form) where exact: under a
+    # vmap over temperatures that include 0, each member must still be its own member's loss.
+    z, y = random_problem(13, 9, classes, 2.0)
+    temps = np.array([0.0, 0.01, 0.3, 1.0, 3.0], np.float32)
+    for m in (0.0, -0.2, 0.4):
+        got = jax.vmap(lambda t: sm.objective(name)(z, y, temperature=t, margin=m))(jnp.asarray(temps))
+        for i, t in enumerate(temps):
+            want = ref_family(z, y, t, t if name == "softmax" else 0.0, m)
+            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=tolerance(z, t))
+
+
 def test_per_example_temperature_and_margin():
     z, y = random_problem(11, 4, 6, 1.0)
     temps = np.array([0.0, 0.1, 1.0, 2.0], np.float32)
