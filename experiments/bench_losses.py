@@ -3,18 +3,23 @@
 Every case is jitted, timed in the same process, interleaved with its optax baseline (A, B, A, B, ...) so
 that machine noise hits both alike, and reported as medians with their ratio:
 
-    python experiments/bench_losses.py [--repeats 100] [--system-malloc]
+    python experiments/bench_losses.py [--rounds 5] [--repeats 100] [--system-malloc]
 
 Cases: forward and gradient of hard, lse and softmax on [8192, 1000] and [65536, 10] float32, and an
 8-temperature ``vmap`` sweep of the softmax loss against one single call.
 Targets on the 2-core CPU: softmax <= 1.10x optax, lse <= 1.15x, hard <= 0.8x forward and <= 1.0x
 gradient, the 8-temperature sweep <= 8.5x one call.
 
-The script re-runs itself under one glibc arena that is never trimmed (``STABLE_MALLOC``). With the
-allocator as it comes, glibc hands a thread's heap back to the kernel when it empties, so that a random
-share of the calls, on either side of a comparison, writes its [8192, 1000] output into fresh pages and
-pays ~7 ms of page faults for 32 MB: the medians then flip between two modes from run to run. Both sides
-run under the same allocator; ``--system-malloc`` measures without it.
+Each round is a fresh process running every case; a case reports the median over rounds of its ratio
+(and the range). One process draws one placement of its buffers in memory, which held for its whole life
+and moved the [8192, 1000] gradient ratios between 1.03 and 1.12 from process to process; more repeats
+within a process do not average that out.
+
+The rounds run under one glibc arena that is never trimmed (``STABLE_MALLOC``). With the allocator as it
+comes, glibc hands a thread's heap back to the kernel when it empties, so that a random share of the
+calls, on either side of a comparison, writes its [8192, 1000] output into fresh pages and pays ~7 ms of
+page faults for 32 MB: the medians then flip between two modes. Both sides run under the same allocator;
+``--system-malloc`` measures without it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -62,17 +68,9 @@ def _mean_loss(loss_fn):
     return lambda z, y: jnp.mean(loss_fn(z, y))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=100)
-    parser.add_argument("--system-malloc", action="store_true",
-                        help="keep the allocator as it comes (timings of [8192, 1000] outputs turn bimodal)")
-    args = parser.parse_args()
-    stable = all(os.environ.get(key) == value for key, value in STABLE_MALLOC.items())
-    if not (stable or args.system_malloc):
-        # glibc reads these when the process starts: run again with them set.
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STABLE_MALLOC})
-    malloc = "stable" if stable else "system"
+def measure(repeats):
+    """One round: every case in this process, as dicts."""
+    results = []
     optax_ce = optax.softmax_cross_entropy_with_integer_labels
     losses = {
         "hard": lambda z, y: smoothmax.hard_loss(z, y),
@@ -89,13 +87,11 @@ def main():
                     ours, base = jax.jit(loss), jax.jit(optax_ce)
                 else:
                     ours, base = jax.jit(jax.grad(_mean_loss(loss))), jax.jit(jax.grad(_mean_loss(optax_ce)))
-                t_ours, t_base = _interleaved(_timer(ours, z, y), _timer(base, z, y), args.repeats)
-                ratio = t_ours / t_base
-                print(json.dumps({
-                    "case": f"{name}_{mode}", "shape": [batch, classes], "ms": round(t_ours * 1e3, 3),
-                    "optax_ms": round(t_base * 1e3, 3), "ratio": round(ratio, 3),
-                    "target": TARGETS[(name, mode)], "ok": ratio <= TARGETS[(name, mode)], "malloc": malloc,
-                }), flush=True)
+                t_ours, t_base = _interleaved(_timer(ours, z, y), _timer(base, z, y), repeats)
+                results.append({
+                    "case": f"{name}_{mode}", "shape": [batch, classes], "ms": t_ours * 1e3,
+                    "optax_ms": t_base * 1e3, "ratio": t_ours / t_base, "target": TARGETS[(name, mode)],
+                })
 
     # An 8-temperature sweep in one vmapped call against one single call (value and gradient).
     batch, classes = SHAPES[0]
@@ -111,21 +107,59 @@ def main():
 
     single = jax.jit(value_and_grad)
     sweep = jax.jit(jax.vmap(value_and_grad, in_axes=(0, None, None)))
-    t_sweep, t_single = _interleaved(
-        _timer(sweep, temps, z, y), _timer(single, temps[0], z, y), args.repeats
-    )
+    t_sweep, t_single = _interleaved(_timer(sweep, temps, z, y), _timer(single, temps[0], z, y), repeats)
     # For scale: the same sweep of optax's cross-entropy on z/τ. Both write an [8, B, C] gradient (256 MB
     # here); under the system allocator its first touch of fresh memory dominates on this machine.
     t_optax_sweep, _ = _interleaved(
         _timer(jax.jit(jax.vmap(optax_value_and_grad, in_axes=(0, None, None))), temps, z, y),
-        _timer(jax.jit(optax_value_and_grad), temps[0], z, y), args.repeats,
+        _timer(jax.jit(optax_value_and_grad), temps[0], z, y), repeats,
     )
-    ratio = t_sweep / t_single
-    print(json.dumps({
-        "case": "softmax_sweep8_value_and_grad", "shape": [batch, classes], "ms": round(t_sweep * 1e3, 3),
-        "single_ms": round(t_single * 1e3, 3), "ratio": round(ratio, 3), "target": 8.5, "ok": ratio <= 8.5,
-        "optax_sweep_ms": round(t_optax_sweep * 1e3, 3), "malloc": malloc,
-    }), flush=True)
+    results.append({
+        "case": "softmax_sweep8_value_and_grad", "shape": [batch, classes], "ms": t_sweep * 1e3,
+        "single_ms": t_single * 1e3, "ratio": t_sweep / t_single, "target": 8.5,
+        "optax_sweep_ms": t_optax_sweep * 1e3,
+    })
+    return results
+
+
+def summarise(rounds):
+    """Per case: medians over rounds of every timing and of the ratio, and the ratio's range."""
+    for per_round in zip(*rounds):
+        first = per_round[0]
+        ratios = [r["ratio"] for r in per_round]
+        ratio = statistics.median(ratios)
+        line = {"case": first["case"], "shape": first["shape"]}
+        for key in ("ms", "optax_ms", "single_ms", "optax_sweep_ms"):
+            if key in first:
+                line[key] = round(statistics.median(r[key] for r in per_round), 3)
+        line.update(ratio=round(ratio, 3), ratio_range=[round(min(ratios), 3), round(max(ratios), 3)],
+                    rounds=len(ratios), target=first["target"], ok=ratio <= first["target"])
+        yield line
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="fresh processes, each running every case")
+    parser.add_argument("--repeats", type=int, default=100, help="interleaved calls per case and round")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="keep the allocator as it comes (timings of [8192, 1000] outputs turn bimodal)")
+    parser.add_argument("--one-round", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one_round:
+        for result in measure(args.repeats):
+            print(json.dumps(result), flush=True)
+        return
+    # glibc reads its settings when a process starts, so they go to the rounds' processes.
+    env = os.environ if args.system_malloc else {**os.environ, **STABLE_MALLOC}
+    rounds = []
+    for index in range(args.rounds):
+        command = [sys.executable, __file__, "--one-round", "--repeats", str(args.repeats)]
+        out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+        rounds.append([json.loads(line) for line in out.splitlines() if line.startswith("{")])
+        print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+    malloc = "system" if args.system_malloc else "stable"
+    for line in summarise(rounds):
+        print(json.dumps({**line, "malloc": malloc}), flush=True)
 
 
 if __name__ == "__main__":
