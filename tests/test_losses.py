@@ -280,12 +280,14 @@ def test_lse_gradient_reaches_every_rival():
         lambda z, y, t, m: sm.lse_loss(z, y, temperature=t, margin=m),
     ],
 )
-def test_check_grads_in_logits_temperature_and_margin(loss):
+# 7 classes with m > 0 go through the target mask; 40 classes with m < 0 through the unmasked sums.
+@pytest.mark.parametrize("classes, margin", [(7, 0.2), (40, -0.2)])
+def test_check_grads_in_logits_temperature_and_margin(loss, classes, margin):
     with jax.enable_x64(True):
-        z, y = random_problem(6, 5, 7, 1.0)
+        z, y = random_problem(6, 5, classes, 1.0)
         z = z.astype(np.float64)
         f = lambda z, t, m: loss(z, y, t, m)  # noqa: E731
-        check_grads(f, (z, 0.6, 0.2), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+        check_grads(f, (z, 0.6, margin), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
 
 
 def test_check_grads_hard_away_from_kinks():
