@@ -103,7 +103,7 @@ def load_cifar10(path=None, *, download: bool = True, cache_dir=None) -> Dataset
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset path {path} does not exist")
-    key = _content_hash(path)
+    key = content_hash(path)
     entry = cache_dir / f"cifar10-{key}"
     if entry.exists():
         try:
@@ -132,7 +132,7 @@ def _download(url: str, dest: Path, md5: str) -> None:
     atomic_write_bytes(dest, data)
 
 
-def _content_hash(path: Path) -> str:
+def content_hash(path: Path) -> str:
     """sha256 of a file's bytes, or of a folder's relative paths and file bytes in sorted order."""
     digest = hashlib.sha256(f"smoothmax-cifar10-v{_CACHE_FORMAT}".encode())
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
