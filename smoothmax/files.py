@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file beside the target, flushed, then renamed over it.
+"""Atomic file writes (a temporary file beside the target, flushed, then renamed over it) and locks.
 
 A reader (or a run killed mid-write) never sees half a file: it sees the old content or the new.
 """
@@ -35,3 +35,59 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+class Locked(RuntimeError):
+    """The lock is held by another live process; the message names its host and pid."""
+
+
+class ExclusiveLock:
+    """An exclusive, non-blocking lock on ``path``: ``with ExclusiveLock(p):`` or ``acquire()``/``release()``.
+
+    Built on ``flock``: the kernel drops the lock when its holder dies, however it dies (SIGKILL included),
+    so a lock is never stale; the file is never deleted (deleting it would let a second process lock a new
+    file while the first still holds the old one). The holder's host, pid and start time are written into
+    the file so that a refusal can say who holds it.
+    """
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._fd = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def acquire(self) -> "ExclusiveLock":
+        import fcntl
+        import socket
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _default_mode())
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Locked(f"{self.path} is held by {self.holder()}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%F %T')}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            import fcntl
+
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
