@@ -60,7 +60,8 @@ class ExclusiveLock:
         except OSError:
             return "unknown"
 
-    def acquire(self) -> "ExclusiveLock":
+    def acquire(self, *, wait: bool = False) -> "ExclusiveLock":
+        """Take the lock, or raise :class:`Locked`; ``wait``: block until the holder releases it."""
         import fcntl
         import socket
         import time
@@ -68,7 +69,7 @@ class ExclusiveLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _default_mode())
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise Locked(f"{self.path} is held by {self.holder()}") from None
