@@ -7,6 +7,9 @@ minutes on one A100/H100 (ResNet-18 ≈ 0.56 GFLOP per image forward, ~1.7 PFLOP
 expectation is an estimate from those public figures; this repository has not measured it on a GPU.
 
     smoothmax train --config configs/cifar10.py:softmax --workdir runs/softmax
+
+The data is the official archive (downloaded once, md5-checked, cached) unless ``$SMOOTHMAX_CIFAR10`` or
+``--config.data.path`` names a local copy.
 """
 
 from smoothmax.config import base_config, objective_variant
@@ -16,7 +19,8 @@ def get_config(arg: str = "softmax"):
     c = base_config()
     c.epochs = 30
     c.data.name = "cifar10"
-    c.data.path = ""  # download the official archive; or set a local path
+    c.data.path = ""  # $SMOOTHMAX_CIFAR10, else the official archive
+    c.data.download = True
     c.data.batch_size = 512
     c.model.name = "resnet18"
     c.model.widths = (64, 128, 256, 512)

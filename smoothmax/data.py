@@ -22,10 +22,12 @@ import os
 import pickle
 import shutil
 import tarfile
-import tempfile
 import urllib.request
+import uuid
+import warnings
 import zlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +43,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 IMAGE_SHAPE = (32, 32, 3)
-_CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+_CACHE_FORMAT = 2  # bump when what a source decodes to changes (2: dot-files skipped, official layout at the root)
 
 
 class DatasetError(ValueError):
@@ -75,9 +77,30 @@ class Dataset:
 
 # --------------------------------------------------------------------------- loading and caching
 
+SOURCE_ENV = "SMOOTHMAX_CIFAR10"
+OFFICIAL_DIR = "cifar-10-batches-py"
+_OFFICIAL_FILES = ("batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
+_SPLITS = ("train", "test")
+# Caps checked before a byte is decoded. An official batch pickle is 31 MB, the official archive 178 MB
+# uncompressed, the JPEG copy 93 MB; a 32x32 image in any of our formats is a few KB.
+_MAX_PICKLE_BYTES = 256 << 20
+_MAX_IMAGE_BYTES = 1 << 20
+_MAX_ARCHIVE_BYTES = 1 << 30
+_PIL_FORMATS = ("PNG", "JPEG", "BMP")  # by content, whatever the suffix: no other PIL decoder ever runs
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("SMOOTHMAX_CACHE", Path.home() / ".cache" / "smoothmax"))
+
+
+def resolve_source(path) -> Path | None:
+    """The local copy a config names: ``path``, else ``$SMOOTHMAX_CIFAR10``; ``None`` is the official download.
+
+    The one place that reads the environment variable: the loader and a run's identity (which names the data
+    by :func:`content_hash` of this path) both call it, so they agree on the files.
+    """
+    path = (os.fspath(path) if path is not None else "") or os.environ.get(SOURCE_ENV, "")
+    return Path(path).expanduser() if path else None
 
 
 def load_cifar10(path=None, *, download: bool = True, cache_dir=None) -> Dataset:
@@ -85,34 +108,48 @@ def load_cifar10(path=None, *, download: bool = True, cache_dir=None) -> Dataset
 
     Args:
       path: ``cifar-10-python.tar.gz``, ``cifar-10-batches-py/``, an image-folder tree or a ``.tgz`` of one.
-        ``None`` means the official archive in ``cache_dir``, fetched first if ``download``.
-      download: with ``path=None``, fetch the official archive when it is not in ``cache_dir`` yet.
+        ``None`` or ``""``: ``$SMOOTHMAX_CIFAR10`` if set, else the official archive in ``cache_dir``, fetched
+        first if ``download`` and md5-checked before every use.
+      download: fetch the official archive when it is not in ``cache_dir`` yet.
       cache_dir: where decoded arrays (and a downloaded archive) live; ``$SMOOTHMAX_CACHE`` or
         ``~/.cache/smoothmax`` by default.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if path is None:
-        path = cache_dir / "cifar-10-python.tar.gz"
-        if not path.exists():
-            if not download:
-                raise DatasetError(
-                    f"CIFAR-10 is not at {path} and download=False: set data.path (or path=) to a local "
-                    "cifar-10-python.tar.gz, its cifar-10-batches-py folder, or an image-folder tree"
-                )
-            _download(CIFAR10_URL, path, CIFAR10_MD5)
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"dataset path {path} does not exist")
-    key = content_hash(path)
-    entry = cache_dir / f"cifar10-{key}"
+    source = resolve_source(path)
+    if source is None:
+        source = _official_archive(cache_dir, download)
+    if not source.exists():
+        named_by = "" if path else f" (named by ${SOURCE_ENV})"
+        raise DatasetError(f"dataset path {source}{named_by} does not exist")
+    entry = cache_dir / f"cifar10-{content_hash(source)}"
     if entry.exists():
         try:
             return _read_cache(entry)
         except Exception:  # a damaged cache entry is rebuilt, never trusted
             shutil.rmtree(entry, ignore_errors=True)
-    dataset = _decode(path)
+    dataset = _decode(source)
     _write_cache(entry, dataset)
     return dataset
+
+
+def _official_archive(cache_dir: Path, download: bool) -> Path:
+    """``cache_dir/cifar-10-python.tar.gz``, fetched if missing; its md5 is checked on every load, as anything
+    may have written or truncated that file since."""
+    path = cache_dir / "cifar-10-python.tar.gz"
+    if not path.exists():
+        if not download:
+            raise DatasetError(
+                f"CIFAR-10 is not at {path} and download=False: set data.path (or path=, or ${SOURCE_ENV}) to a "
+                "local cifar-10-python.tar.gz, its cifar-10-batches-py folder, or an image-folder tree"
+            )
+        _download(CIFAR10_URL, path, CIFAR10_MD5)
+    got = _hash_file(hashlib.md5(), path).hexdigest()
+    if got != CIFAR10_MD5:
+        raise DatasetError(
+            f"{path} has md5 {got}, not the official archive's {CIFAR10_MD5} (partial or altered): delete it to "
+            f"download it again, or name a local copy with data.path or ${SOURCE_ENV}"
+        )
+    return path
 
 
 def _download(url: str, dest: Path, md5: str) -> None:
@@ -124,7 +161,8 @@ def _download(url: str, dest: Path, md5: str) -> None:
         raise DatasetError(
             f"could not download CIFAR-10 from {url} ({err}). Without network, download "
             "cifar-10-python.tar.gz elsewhere and point the config at it: --config.data.path=/path/to/"
-            "cifar-10-python.tar.gz (an extracted cifar-10-batches-py folder or an image-folder tree works too)"
+            f"cifar-10-python.tar.gz or ${SOURCE_ENV} (an extracted cifar-10-batches-py folder or an "
+            "image-folder tree works too)"
         ) from err
     got = hashlib.md5(data).hexdigest()
     if got != md5:
@@ -132,155 +170,296 @@ def _download(url: str, dest: Path, md5: str) -> None:
     atomic_write_bytes(dest, data)
 
 
-def content_hash(path: Path) -> str:
-    """sha256 of a file's bytes, or of a folder's relative paths and file bytes in sorted order."""
+def _hash_file(digest, path: Path):
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
+
+
+def content_hash(path) -> str:
+    """A digest of exactly the bytes :func:`load_cifar10` decodes from ``path`` (a resolved source).
+
+    An archive: all its bytes. A folder: each file the decoder reads, the official batch files or the images
+    under ``train|test/<class>/``, with its relative path and size; stray files and dot-files do not count.
+    """
+    path = Path(path)
     digest = hashlib.sha256(f"smoothmax-cifar10-v{_CACHE_FORMAT}".encode())
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode() + b"\0")
-        with open(file, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+    if not path.is_dir():
+        return _hash_file(digest, path).hexdigest()[:32]
+    official = _official_files(path)
+    files = official.values() if official is not None else filter(_is_image, _folder_entries(path))
+    for entry in files:
+        digest.update(f"{'/'.join(entry.parts)}\0{entry.size}\0".encode())
+        _hash_file(digest, Path(entry.name))
     return digest.hexdigest()[:32]
 
 
 _ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
-def _write_cache(cache_dir: Path, ds: Dataset) -> None:
-    """One folder of plain ``.npy`` files, built beside its final name and renamed into place."""
-    cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir.parent, prefix=f".{cache_dir.name}."))
+def _write_cache(entry: Path, ds: Dataset) -> None:
+    """One folder of plain ``.npy`` files, built beside its final name and renamed into place.
+
+    Processes filling one entry at once each build their own folder from the same bytes; the first rename
+    wins, and the others (whose rename onto a full folder fails) keep the winner's entry and drop theirs.
+    """
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = entry.parent / f".{entry.name}.{uuid.uuid4().hex}"
+    tmp.mkdir()  # not mkdtemp, which makes 0700 folders: the entry honours the umask like its files
     try:
         for name in _ARRAYS:
             np.save(tmp / f"{name}.npy", getattr(ds, name))
         (tmp / "class_names.txt").write_text("\n".join(ds.class_names))
-        os.replace(tmp, cache_dir)
-    except BaseException:
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not entry.is_dir():
+                raise
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def _read_cache(cache_dir: Path) -> Dataset:
-    arrays = {name: np.load(cache_dir / f"{name}.npy") for name in _ARRAYS}
-    names = tuple((cache_dir / "class_names.txt").read_text().split("\n"))
+def _read_cache(entry: Path) -> Dataset:
+    arrays = {name: np.load(entry / f"{name}.npy") for name in _ARRAYS}  # allow_pickle=False, numpy's default
+    names = tuple((entry / "class_names.txt").read_text().split("\n"))
     return Dataset(**arrays, class_names=names)
 
 
+# --------------------------------------------------------------------------- decoding untrusted sources
+
+
+class _Entry(NamedTuple):
+    """A file or folder of a source: its path parts below the source's root (a folder's last part is ""), a
+    name for messages, and for a regular file its size and a reader (links, pipes and devices have none)."""
+
+    parts: tuple[str, ...]
+    name: str
+    size: int = 0
+    read: Callable[[], bytes] | None = None
+
+
+def _hidden(parts) -> bool:
+    """Dot-files, AppleDouble ``._*`` files and anything in a dot-folder: never read, never counted."""
+    return any(part.startswith(".") for part in parts)
+
+
+def _split_and_class(parts) -> tuple[str, str] | None:
+    """``(split, class)`` of an entry at ``.../train|test/<class>/<name>`` (any prefix before the split)."""
+    return (parts[-3], parts[-2]) if len(parts) >= 3 and parts[-3] in _SPLITS else None
+
+
+def _is_image(entry: _Entry) -> bool:
+    """The files the image-tree decoder reads, and so the files :func:`content_hash` covers."""
+    return (entry.read is not None and Path(entry.parts[-1]).suffix.lower() in IMAGE_SUFFIXES
+            and _split_and_class(entry.parts) is not None)
+
+
+def _file_entry(file: Path, parts) -> _Entry:
+    return _Entry(tuple(parts), str(file), file.stat().st_size, file.read_bytes)
+
+
+def _folder_entries(root: Path) -> list[_Entry]:
+    entries = []
+    for file in sorted(root.rglob("*")):
+        parts = file.relative_to(root).parts
+        if _hidden(parts):
+            continue
+        if file.is_dir():
+            entries.append(_Entry(parts + ("",), str(file)))
+        else:
+            entries.append(_file_entry(file, parts) if file.is_file() else _Entry(parts, str(file)))
+    return entries
+
+
+def _official_files(root: Path) -> dict[str, _Entry] | None:
+    """The batch files of an official ``cifar-10-batches-py`` folder given as itself or as its parent."""
+    for folder in (root, root / OFFICIAL_DIR):
+        if (folder / "batches.meta").is_file():
+            files = [folder / name for name in _OFFICIAL_FILES]
+            return {f.name: _file_entry(f, (f.name,)) for f in files if f.is_file()}
+    return None
+
+
+def _tar_entries(tar: tarfile.TarFile, where: str) -> list[_Entry]:
+    """Every member but dot-files. Sizes are checked as headers are read, so a bomb stops at its header."""
+    entries = []
+    for member in tar:
+        if member.offset_data + member.size > _MAX_ARCHIVE_BYTES:
+            raise DatasetError(
+                f"{where}: {member.name} reaches past {_MAX_ARCHIVE_BYTES >> 20} MiB uncompressed, far more than "
+                "CIFAR-10 (a decompression bomb?): refused before decompressing it"
+            )
+        parts = tuple(p for p in PurePosixPath(member.name).parts if p != "/")
+        if not parts or _hidden(parts):
+            continue
+        if member.isdir():
+            entries.append(_Entry(parts + ("",), member.name))
+        elif member.isfile():
+            entries.append(_Entry(parts, member.name, member.size, lambda m=member: tar.extractfile(m).read()))
+        else:
+            entries.append(_Entry(parts, member.name))
+    return entries
+
+
+def _read(entry: _Entry, cap: int, what: str) -> bytes:
+    if entry.size > cap:
+        raise DatasetError(f"{entry.name}: {entry.size} bytes, more than the {cap / 2**20:g} MiB any {what} needs")
+    return entry.read()
+
+
 def _decode(path: Path) -> Dataset:
+    """Official batches if ``cifar-10-batches-py/`` is the folder, in it, or at the archive's root; else images."""
     if path.is_dir():
-        official = next((d for d in (path, path / "cifar-10-batches-py") if (d / "batches.meta").exists()), None)
+        official = _official_files(path)
         if official is not None:
-            return _from_pickles(lambda name: (official / name).read_bytes(), str(official))
-        return _from_image_files(_folder_images(path), str(path))
+            return _from_pickles(official, str(path))
+        return _from_image_files(_folder_entries(path), str(path))
     try:
         with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
-            names = {Path(m.name).name: m for m in members if m.isfile()}
-            if "batches.meta" in names:
-                return _from_pickles(lambda name: _tar_read(tar, names, name, path), str(path))
-            return _from_image_files(_tar_images(tar, members), str(path))
+            entries = _tar_entries(tar, str(path))
+            official = {e.parts[1]: e for e in entries
+                        if len(e.parts) == 2 and e.parts[0] == OFFICIAL_DIR and e.read is not None}
+            if "batches.meta" in official:
+                return _from_pickles(official, str(path))
+            return _from_image_files(entries, str(path))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise DatasetError(f"{path}: truncated or corrupt archive ({err})") from err
 
 
-def _tar_read(tar, names, name, path):
-    if name not in names:
-        raise DatasetError(f"{path}: the official CIFAR-10 archive has no {name}")
-    return tar.extractfile(names[name]).read()
+# numpy's array-unpickling function, under whichever module name this numpy keeps it.
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR-10's batches hold: dicts, lists, bytes, str, ints and numpy arrays.
+
+    Every global a pickle names (the only way a pickle runs code) passes ``find_class``; a batch names numpy's
+    array constructor and nothing else.
+    """
+
+    _GLOBALS = {
+        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+    def find_class(self, module, name):
+        try:
+            return self._GLOBALS[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}: no CIFAR-10 batch holds it") from None
+
+
+_PLAIN = (dict, list, bytes, str, int, np.ndarray)
 
 
 def _unpickle(data: bytes, where: str) -> dict:
     try:
-        return pickle.loads(data, encoding="bytes")
+        batch = _BatchUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as err:
-        raise DatasetError(f"{where}: not a readable CIFAR-10 pickle ({err})") from err
+        raise DatasetError(f"{where}: not a readable CIFAR-10 pickle ({' '.join(str(err).split())})") from err
+    seen, stack = set(), [batch]
+    while stack:  # the types a batch holds, arrays of numbers only (no object arrays)
+        item = stack.pop()
+        if not isinstance(item, _PLAIN) or isinstance(item, np.ndarray) and item.dtype.kind not in "biuf":
+            kind = f"an array of dtype {item.dtype}" if isinstance(item, np.ndarray) else type(item).__name__
+            raise DatasetError(f"{where}: holds {kind}, which no CIFAR-10 batch holds")
+        if isinstance(item, (dict, list)) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{where}: holds a {type(batch).__name__}, not a CIFAR-10 batch's dict")
+    return batch
 
 
-def _from_pickles(read, where: str) -> Dataset:
+def _from_pickles(files: dict[str, _Entry], where: str) -> Dataset:
     """Official python-format batches: rows of 3072 bytes (1024 R, 1024 G, 1024 B, row-major)."""
-    try:
-        meta = _unpickle(read("batches.meta"), f"{where}/batches.meta")
-        class_names = tuple(n.decode() for n in meta[b"label_names"])
 
-        def split(names):
-            images, labels = [], []
-            for name in names:
-                batch = _unpickle(read(name), f"{where}/{name}")
-                data = np.asarray(batch[b"data"], np.uint8)
-                if data.ndim != 2 or data.shape[1] != 3072:
-                    raise DatasetError(f"{where}/{name}: data has shape {data.shape}, expected [N, 3072]")
-                images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-                labels.append(np.asarray(batch[b"labels"], np.int32))
-                if len(labels[-1]) != len(data):
-                    raise DatasetError(f"{where}/{name}: {len(labels[-1])} labels for {len(data)} images")
-            return np.concatenate(images), np.concatenate(labels)
+    def load(name):
+        if name not in files:
+            raise DatasetError(f"{where}: the official CIFAR-10 layout has no {name}")
+        return _unpickle(_read(files[name], _MAX_PICKLE_BYTES, "CIFAR-10 batch"), f"{where}/{name}")
 
-        train = split([f"data_batch_{i}" for i in range(1, 6)])
-        test = split(["test_batch"])
-    except KeyError as err:
-        raise DatasetError(f"{where}: CIFAR-10 pickle lacks the key {err}") from err
-    except FileNotFoundError as err:
-        raise DatasetError(f"{where}: missing file {err.filename}") from err
-    for labels, split_name in ((train[1], "train"), (test[1], "test")):
+    names = _field(load("batches.meta"), b"label_names", f"{where}/batches.meta")
+    if not isinstance(names, list) or not all(isinstance(n, bytes) for n in names):
+        raise DatasetError(f"{where}/batches.meta: label_names is not a list of byte strings")
+    class_names = tuple(n.decode("utf-8", "replace") for n in names)
+
+    def split(batch_names):
+        images, labels = [], []
+        for name in batch_names:
+            batch = load(name)
+            data = _field(batch, b"data", f"{where}/{name}")
+            label = np.asarray(_field(batch, b"labels", f"{where}/{name}"))
+            if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+                raise DatasetError(f"{where}/{name}: data is not a uint8 array [N, 3072]")
+            if label.shape != (len(data),) or label.size and label.dtype.kind not in "iu":
+                raise DatasetError(f"{where}/{name}: labels are not {len(data)} integers, one per image")
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(label.astype(np.int64))
+        labels = np.concatenate(labels)
         if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
-            raise DatasetError(f"{where}: {split_name} labels outside [0, {len(class_names)})")
-    return Dataset(train[0], train[1], test[0], test[1], class_names)
+            raise DatasetError(f"{where}: labels outside [0, {len(class_names)}) in {', '.join(batch_names)}")
+        return np.concatenate(images), labels.astype(np.int32)
+
+    train = split([f"data_batch_{i}" for i in range(1, 6)])
+    test = split(["test_batch"])
+    return Dataset(*train, *test, class_names)
 
 
-def _folder_images(root: Path):
-    """``(path parts, read or None, name)`` for every image and every folder (an empty class shows up)."""
-    for file in sorted(root.rglob("*")):
-        parts = file.relative_to(root).parts
-        if file.is_dir():
-            yield parts + ("",), None, str(file)
-        elif file.suffix.lower() in IMAGE_SUFFIXES:
-            yield parts, (lambda file=file: file.read_bytes()), str(file)
+def _field(batch: dict, key: bytes, where: str):
+    if key not in batch:
+        raise DatasetError(f"{where}: CIFAR-10 pickle lacks the key {key!r}")
+    return batch[key]
 
 
-def _tar_images(tar: tarfile.TarFile, members):
-    for member in members:
-        parts = tuple(p for p in Path(member.name).parts if p != ".")
-        if member.isdir():
-            yield parts + ("",), None, member.name
-        elif Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
-            yield parts, (lambda member=member: tar.extractfile(member).read()), member.name
-
-
-def _class_order(names) -> tuple[str, ...]:
-    names = set(names)
-    if names == set(CIFAR10_CLASSES):
-        return CIFAR10_CLASSES
-    return tuple(sorted(names))
-
-
-def _from_image_files(items, where: str) -> Dataset:
-    """``.../train/<class>/<image>`` and ``.../test/<class>/<image>`` (any prefix before the split)."""
+def _decode_image(data: bytes, name: str) -> np.ndarray:
+    """One 32x32 image; its size is read from the header and checked before any pixel is decoded."""
     from PIL import Image
 
-    decoded = {"train": {}, "test": {}}
-    for parts, read, name in items:
-        if len(parts) < 3 or parts[-3] not in decoded:
-            continue
-        split, cls = parts[-3], parts[-2]
-        images = decoded[split].setdefault(cls, [])
-        if read is None:  # a class folder itself
-            continue
-        try:
-            with Image.open(io.BytesIO(read())) as img:
-                img.load()
-                array = np.asarray(img.convert("RGB"), np.uint8)
-        except Exception as err:
-            raise DatasetError(f"{name}: unreadable image ({err})") from err
-        if array.shape != IMAGE_SHAPE:
-            raise DatasetError(f"{name}: image is {array.shape[1]}x{array.shape[0]}, expected 32x32")
-        images.append(array)
+    try:
+        with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as img:
+            if img.size != IMAGE_SHAPE[1::-1]:
+                raise DatasetError(f"{name}: image is {img.width}x{img.height}, expected 32x32")
+            img.load()
+            return np.asarray(img.convert("RGB"), np.uint8)
+    except DatasetError:
+        raise
+    except Exception as err:  # PIL's DecompressionBombError for headers past its pixel limit, too
+        raise DatasetError(f"{name}: unreadable image ({err})") from err
+
+
+def _from_image_files(entries: list[_Entry], where: str) -> Dataset:
+    """``.../train/<class>/<image>`` and ``.../test/<class>/<image>`` (any prefix before the split)."""
+    decoded = {split: {} for split in _SPLITS}
+    skipped = []
+    for entry in entries:
+        role = _split_and_class(entry.parts)
+        if entry.parts[-1] == "":  # a folder: a class folder counts even when empty
+            if role is not None:
+                decoded[role[0]].setdefault(role[1], [])
+        elif not _is_image(entry):
+            skipped.append(entry.name)
+        else:
+            image = _decode_image(_read(entry, _MAX_IMAGE_BYTES, "32x32 image"), entry.name)
+            decoded[role[0]].setdefault(role[1], []).append(image)
+    if skipped:
+        warnings.warn(
+            f"{where}: skipped {len(skipped)} files that are not regular {'/'.join(IMAGE_SUFFIXES)} files under "
+            f"train|test/<class>/ (first: {skipped[0]})",
+            stacklevel=4,  # the caller of load_cifar10
+        )
+    return _stack_classes(decoded, where)
+
+
+def _stack_classes(decoded: dict, where: str) -> Dataset:
     if not decoded["train"] or not decoded["test"]:
-        missing = [s for s in ("train", "test") if not decoded[s]]
+        missing = [s for s in _SPLITS if not decoded[s]]
         raise DatasetError(
             f"{where}: no images under {' or '.join(missing)}/<class>/: expected train/<class>/*.png|jpg "
-            "and test/<class>/*, or the official cifar-10-python archive"
+            f"and test/<class>/*, or the official archive's {OFFICIAL_DIR}/ at its root"
         )
     if set(decoded["train"]) != set(decoded["test"]):
         only_train = sorted(set(decoded["train"]) - set(decoded["test"]))
@@ -291,7 +470,7 @@ def _from_image_files(items, where: str) -> Dataset:
         )
     classes = _class_order(decoded["train"])
     arrays = []
-    for split in ("train", "test"):
+    for split in _SPLITS:
         images, labels = [], []
         for index, cls in enumerate(classes):
             if not decoded[split][cls]:
@@ -300,6 +479,13 @@ def _from_image_files(items, where: str) -> Dataset:
             labels.extend([index] * len(decoded[split][cls]))
         arrays += [np.stack(images), np.asarray(labels, np.int32)]
     return Dataset(*arrays, class_names=classes)
+
+
+def _class_order(names) -> tuple[str, ...]:
+    names = set(names)
+    if names == set(CIFAR10_CLASSES):
+        return CIFAR10_CLASSES
+    return tuple(sorted(names))
 
 
 def subset(ds: Dataset, num_train: int, seed: int = 0) -> Dataset:

@@ -1,12 +1,18 @@
 """The CIFAR-10 pipeline on fixtures written here in the real formats (never the real dataset)."""
 
+import collections
+import hashlib
 import io
 import os
 import pickle
+import shutil
+import stat
+import struct
 import subprocess
 import sys
 import tarfile
 import textwrap
+import zlib
 from pathlib import Path
 
 import jax
@@ -27,6 +33,13 @@ def fake_split(rng, per_class, classes=10):
     return images, labels
 
 
+def batch_pickle(obj) -> bytes:
+    """A pickle as the official (Python 2) batches are: plain byte strings, and numpy's arrays under the module
+    name numpy 1 gave them, ``numpy.core.multiarray`` (protocol 3 writes bytes as bytes, as protocol 2 wrote
+    Python 2's str; Python 3's protocol 2 would call ``_codecs.encode`` instead)."""
+    return pickle.dumps(obj, protocol=3).replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+
+
 def write_official(root: Path, as_archive: bool, rng):
     """The official python format: 5 train batches, a test batch and batches.meta, pickled as bytes dicts."""
     folder = root / "cifar-10-batches-py"
@@ -38,14 +51,14 @@ def write_official(root: Path, as_archive: bool, rng):
         rows = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)  # R plane, G plane, B plane
         batch = {b"batch_label": name.encode(), b"labels": [int(v) for v in labels], b"data": rows,
                  b"filenames": [f"{i}.png".encode() for i in range(len(labels))]}
-        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+        (folder / name).write_bytes(batch_pickle(batch))
 
     parts = np.array_split(np.arange(len(train[1])), 5)
     for i, idx in enumerate(parts, 1):
         dump(f"data_batch_{i}", train[0][idx], train[1][idx])
     dump("test_batch", *test)
     meta = {b"label_names": [c.encode() for c in CLASSES], b"num_cases_per_batch": 6, b"num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    (folder / "batches.meta").write_bytes(batch_pickle(meta))
     if not as_archive:
         return folder, train, test
     archive = root / "cifar-10-python.tar.gz"
@@ -81,6 +94,12 @@ def tgz(folder: Path, dest: Path) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def no_local_copy(monkeypatch):
+    """A developer's ``SMOOTHMAX_CIFAR10`` must not leak into the tests."""
+    monkeypatch.delenv(data.SOURCE_ENV, raising=False)
 
 
 @pytest.mark.parametrize("as_archive", [True, False])
@@ -309,3 +328,268 @@ def test_subset_keeps_a_fixed_part_of_the_training_split():
     assert len(a.train_labels) == 30 and len(a.test_labels) == 10
     with pytest.raises(ValueError, match="train subset"):
         data.subset(ds, 1000)
+
+
+# --------------------------------------------------------------------------- untrusted sources
+
+
+class RunsCode:
+    """A pickle payload: unpickling it unrestricted opens (creates) ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("as_archive", [False, True])
+def test_pickle_that_would_run_code_is_refused_unrun(tmp_path, rng, as_archive):
+    """Issue #11, failure 5: a batch pickle with a ``__reduce__`` payload ran it."""
+    folder, _, _ = write_official(tmp_path / "src", False, rng)
+    marker = tmp_path / "ran"
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"payload": RunsCode(str(marker))}
+    (folder / "data_batch_2").write_bytes(batch_pickle(batch))
+    path = folder
+    if as_archive:
+        path = tmp_path / "cifar-10-python.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            tar.add(folder, arcname="cifar-10-batches-py")
+    expect_error(tmp_path, path, r"data_batch_2: .*refused global io\.open")
+    assert not marker.exists(), "the payload ran"
+
+
+@pytest.mark.parametrize("payload, match", [
+    (np.array([1, "x"], dtype=object), "holds an array of dtype object"),
+    ({1, 2}, "holds set"),
+    (collections.OrderedDict(a=1), "refused global collections.OrderedDict"),
+    ((1, 2), "holds tuple"),
+])
+def test_pickles_hold_only_what_cifar_batches_hold(tmp_path, rng, payload, match):
+    folder, _, _ = write_official(tmp_path, False, rng)
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"extra": payload}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=4))
+    expect_error(tmp_path, folder, f"test_batch: .*{match}")
+
+
+def test_pickles_under_numpy_2_module_name_load(tmp_path, rng):
+    folder, train, _ = write_official(tmp_path, False, rng)
+    plain = pickle.dumps(pickle.loads((folder / "data_batch_1").read_bytes(), encoding="bytes"), protocol=3)
+    assert b"numpy._core.multiarray" in plain
+    (folder / "data_batch_1").write_bytes(plain)
+    ds = data.load_cifar10(folder, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.train_images, train[0])
+
+
+@pytest.mark.parametrize("batch, match", [
+    ({b"data": [[0] * 3072], b"labels": [0]}, "data is not a uint8 array"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [b"cat"]}, "labels are not 1 integers"),
+    ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [10]}, r"labels outside \[0, 10\)"),
+    ([b"not a dict"], "not a CIFAR-10 batch's dict"),
+])
+def test_malformed_batches_name_the_file(tmp_path, rng, batch, match):
+    folder, _, _ = write_official(tmp_path, False, rng)
+    (folder / "data_batch_5").write_bytes(batch_pickle(batch))
+    expect_error(tmp_path, folder, match)
+
+
+def test_cached_official_archive_is_md5_checked_before_decoding(tmp_path, rng, monkeypatch):
+    archive, train, _ = write_official(tmp_path / "src", True, rng)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shutil.copy(archive, cache / "cifar-10-python.tar.gz")
+    decode = data._decode
+
+    def no_decode(path):
+        raise AssertionError("decoded an archive whose md5 is wrong")
+
+    monkeypatch.setattr(data, "_decode", no_decode)
+    with pytest.raises(data.DatasetError, match=f"md5 .*{data.CIFAR10_MD5}.*delete it to download it again"):
+        data.load_cifar10(download=False, cache_dir=cache)
+    # The same file with the md5 it should have is decoded.
+    monkeypatch.setattr(data, "_decode", decode)
+    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    ds = data.load_cifar10(download=False, cache_dir=cache)
+    np.testing.assert_array_equal(ds.train_images, train[0])
+
+
+def test_official_layout_only_at_the_archive_root(tmp_path, rng):
+    folder, train, _ = write_official(tmp_path / "src", False, rng)
+    nested = tmp_path / "nested.tar.gz"
+    with tarfile.open(nested, "w:gz") as tar:
+        tar.add(folder, arcname="backup/cifar-10-batches-py")
+    with pytest.warns(UserWarning, match="skipped 7 files"):
+        expect_error(tmp_path, nested, "no images under train or test.*cifar-10-batches-py/ at its root")
+    dotted = tmp_path / "dotted.tar.gz"  # what `tar czf dotted.tar.gz ./cifar-10-batches-py` writes
+    with tarfile.open(dotted, "w:gz") as tar:
+        tar.add(folder, arcname="./cifar-10-batches-py")
+    ds = data.load_cifar10(dotted, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.train_images, train[0])
+
+
+def png_header(width, height) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` and whose pixel data is empty: tiny on disk."""
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("size, match", [
+    (50_000, r"0000.png: unreadable image \(.*decompression bomb"),  # past PIL's own pixel limit
+    (1_000, r"0000.png: image is 1000x1000, expected 32x32"),  # refused from the header: the pixels would fail
+])
+def test_image_size_is_refused_from_its_header(tmp_path, rng, size, match):
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    (tmp_path / "tree" / "train" / "a" / "0000.png").write_bytes(png_header(size, size))
+    expect_error(tmp_path, tmp_path / "tree", match)
+
+
+def test_archive_bombs_are_refused_before_decompressing(tmp_path, rng):
+    # A header claiming 3 GiB: refused at the header, in a 1 KB file.
+    claim = tarfile.TarInfo("train/a/0000.png")
+    claim.size = 3 << 30
+    bomb = tmp_path / "claim.tgz"
+    bomb.write_bytes(zlib.compress(claim.tobuf(), wbits=31))
+    expect_error(tmp_path, bomb, "claim.tgz: train/a/0000.png reaches past 1024 MiB uncompressed")
+    # A real 2 MiB image member compresses to a few KB; the image cap refuses it before reading.
+    write_folder(tmp_path / "tree", ["a", "b"], rng)
+    (tmp_path / "tree" / "train" / "a" / "0001.png").write_bytes(bytes(2 << 20))
+    archive = tgz(tmp_path / "tree", tmp_path / "big.tgz")
+    assert archive.stat().st_size < 100_000
+    expect_error(tmp_path, archive, r"train/a/0001.png: 2097152 bytes, more than the 1 MiB")
+
+
+def test_batch_pickles_are_capped(tmp_path, rng, monkeypatch):
+    archive, _, _ = write_official(tmp_path, True, rng)
+    monkeypatch.setattr(data, "_MAX_PICKLE_BYTES", 8 << 10)
+    expect_error(tmp_path, archive, r"data_batch_1: \d+ bytes, more than the 0.0078125 MiB any CIFAR-10 batch")
+
+
+def test_dot_files_are_skipped_and_stray_files_counted(tmp_path, rng):
+    tree = tmp_path / "tree"
+    write_folder(tree, ["a", "b"], rng)
+    before = data.content_hash(tree)
+    (tree / "train" / "a" / "._0000.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # macOS resource fork
+    (tree / ".DS_Store").write_bytes(b"junk")
+    (tree / "test" / ".cache").mkdir()
+    (tree / "test" / ".cache" / "x.png").write_bytes(b"junk")
+    (tree / "train" / "a" / "notes.txt").write_text("stray")
+    (tree / "preview.png").write_bytes(b"not under train|test/<class>/")
+    assert data.content_hash(tree) == before, "the hash covers files the decoder does not read"
+    with pytest.warns(UserWarning, match=r"skipped 2 files .*\(first: .*preview.png\)"):
+        ds = data.load_cifar10(tree, cache_dir=tmp_path / "cache")
+    assert ds.train_images.shape == (6, 32, 32, 3)
+    archive = tmp_path / "tree.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tree, arcname="cifar")
+    with pytest.warns(UserWarning, match="skipped 2 files"):
+        from_archive = data.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(from_archive.train_images, ds.train_images)
+    # A decoded file does count.
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tree / "test" / "b" / "0001.png")
+    assert data.content_hash(tree) != before
+
+
+def test_official_folder_hash_covers_only_the_batch_files(tmp_path, rng):
+    folder, _, _ = write_official(tmp_path, False, rng)
+    before = data.content_hash(folder)
+    assert data.content_hash(tmp_path) == before  # the folder or its parent: the same files
+    (folder / "readme.html").write_text("the official archive has one")
+    assert data.content_hash(folder) == before
+    (folder / "test_batch").write_bytes((folder / "test_batch").read_bytes() + b"\0")
+    assert data.content_hash(folder) != before
+
+
+# --------------------------------------------------------------------------- where the data comes from
+
+
+def test_environment_variable_names_the_local_copy(tmp_path, rng, monkeypatch):
+    archive, train, _ = write_official(tmp_path, True, rng)
+    assert data.resolve_source("") is None and data.resolve_source(None) is None
+    monkeypatch.setenv(data.SOURCE_ENV, str(archive))
+    assert data.resolve_source("") == archive and data.resolve_source(None) == archive
+    assert data.resolve_source("~/mine.tgz") == Path.home() / "mine.tgz"  # a config's path beats the variable
+    ds = data.load_cifar10("", download=False, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.train_images, train[0])
+    monkeypatch.setenv(data.SOURCE_ENV, str(tmp_path / "gone.tgz"))
+    with pytest.raises(data.DatasetError, match=r"gone.tgz \(named by \$SMOOTHMAX_CIFAR10\) does not exist"):
+        data.load_cifar10(cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("name", ["cifar10.py:softmax", "cifar10_cpu.py:lse", "sweep_temperature.py"])
+def test_cifar_configs_take_the_official_archive_unless_told(name):
+    from smoothmax.config import load_config
+
+    c = load_config(str(Path(__file__).parents[1] / "configs" / name))
+    assert c.data.name == "cifar10" and c.data.path == "" and c.data.download
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def test_cache_entries_honour_the_umask(tmp_path, rng):
+    archive, _, _ = write_official(tmp_path, True, rng)
+    umask = os.umask(0o002)
+    try:
+        data.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    finally:
+        os.umask(umask)
+    (entry,) = (tmp_path / "cache").iterdir()
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o775
+    assert {stat.S_IMODE(f.stat().st_mode) for f in entry.iterdir()} == {0o664}
+
+
+def test_damaged_cache_entry_is_rebuilt(tmp_path, rng):
+    archive, train, _ = write_official(tmp_path, True, rng)
+    data.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").iterdir()
+    images = entry / "train_images.npy"
+    images.write_bytes(images.read_bytes()[:100])
+    ds = data.load_cifar10(archive, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.train_images, train[0])
+    np.testing.assert_array_equal(np.load(images), train[0])
+
+
+FILL_CACHE = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import numpy as np
+    from smoothmax import data
+
+    source, cache, gate, out, processes = sys.argv[1:]
+    rename = os.replace
+
+    def rename_once_all_have_decoded(src, dst):  # so that every process races for the one entry
+        Path(gate, str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(gate)) < int(processes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        rename(src, dst)
+
+    os.replace = rename_once_all_have_decoded
+    ds = data.load_cifar10(source, cache_dir=cache)
+    np.savez(out, **{name: getattr(ds, name) for name in data._ARRAYS})
+""")
+
+
+def test_processes_filling_one_cache_all_succeed(tmp_path, rng):
+    """Issue #11, failure 6: of processes filling one empty cache at once, all but the rename's winner died."""
+    archive, train, test = write_official(tmp_path, True, rng)
+    (tmp_path / "gate").mkdir()
+    procs = [
+        subprocess.Popen([sys.executable, "-c", FILL_CACHE, str(archive), str(tmp_path / "cache"),
+                          str(tmp_path / "gate"), str(tmp_path / f"out{i}.npz"), "3"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(3)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    for i in range(3):
+        got = np.load(tmp_path / f"out{i}.npz")
+        np.testing.assert_array_equal(got["train_images"], train[0])
+        np.testing.assert_array_equal(got["test_labels"], test[1])
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"cifar10-{data.content_hash(archive)}"]
