@@ -11,24 +11,23 @@ import argparse
 import json
 import sys
 
-from smoothmax.config import ConfigError, load_config
+from smoothmax.config import ConfigError, load_config, validate_config
 
 
 def _split_overrides(argv):
-    """Pull ``--config.key=value`` (or ``--config.key value``) out of argv; argparse gets the rest."""
-    rest, overrides, i = [], [], 0
-    while i < len(argv):
-        arg = argv[i]
+    """Pull ``--config.key=value`` out of argv; argparse gets the rest.
+
+    Only the ``=`` form: in ``--config.key value`` a value cannot be told from the next flag
+    (``--config.data.augment --no-progress``).
+    """
+    rest, overrides = [], []
+    for arg in argv:
         if arg.startswith("--config."):
-            item = arg[len("--config."):]
-            if "=" not in item:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"override {arg} has no value")
-                item, i = f"{item}={argv[i + 1]}", i + 1
-            overrides.append(item)
+            if "=" not in arg:
+                raise ConfigError(f"override {arg} has no value: write {arg}=VALUE")
+            overrides.append(arg[len("--config."):])
         else:
             rest.append(arg)
-        i += 1
     return rest, overrides
 
 
@@ -75,6 +74,8 @@ def main(argv=None) -> int:
             from smoothmax.train import train_and_evaluate
 
             config = load_config(args.config, overrides)
+            # Before jax.distributed starts, JAX may not count devices; the trainer checks the batch then.
+            validate_config(config, devices=1 if args.distributed else None)
             _init_distributed(args.distributed)
             summary = train_and_evaluate(config, args.workdir, resume=args.resume, progress=args.progress)
             keys = ("objective", "temperature", "margin", "head", "test_accuracy", "test_ce", "wall_seconds")

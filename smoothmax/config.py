@@ -1,19 +1,21 @@
-"""Experiment configs as code: the defaults every config starts from, loading ``file.py:arg``, overrides.
+"""Experiment configs as code: the defaults every config starts from, loading ``file.py:arg``, overrides, checks.
 
 A config file defines ``get_config(arg)`` returning an ``ml_collections.ConfigDict`` (the convention of
 flax's examples and big_vision); ``arg`` picks a variant such as ``hard``, ``lse`` or ``softmax``.
-Overrides ``--config.loss.temperature=0.5`` are parsed as Python literals and type-checked against the
-default: an unknown key or a wrong type is an error that names it.
+Overrides ``--config.loss.temperature=0.5`` are parsed by the type of the key they set: an unknown key or a
+value that does not parse is an error that names it. :func:`validate_config` checks every value against
+:func:`_rules` before any work starts.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import math
+import reprlib
 from pathlib import Path
 
 import ml_collections
-
 
 class ConfigError(ValueError):
     """A config that cannot be loaded or an override that does not fit it."""
@@ -74,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 1
     c.checkpoint.keep = 2
+    c.lock()  # a misspelt key in a config file is an error, not a new key nobody reads
     return c
 
 
@@ -109,33 +112,195 @@ def load_config(spec: str, overrides=()) -> ml_collections.ConfigDict:
     return config
 
 
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 40  # a 100 kB override stays a one-line error
+
+
+def _parse_bool(text: str) -> bool:
+    return {"True": True, "true": True, "False": False, "false": False}[text]
+
+
+def _parse_tuple(text: str) -> tuple:
+    value = ast.literal_eval(text)
+    if not isinstance(value, (tuple, list)):
+        raise ValueError("not a tuple")
+    return tuple(value)
+
+
+_LITERAL_ERRORS = (ValueError, TypeError, SyntaxError, MemoryError, RecursionError)  # ast.literal_eval's
+
+
+def _parse_literal(text: str):
+    """A key without a type (its value is None): a Python literal, else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except _LITERAL_ERRORS:
+        return text
+
+
+def _parse_str(text: str) -> str:
+    """The text, or the string a quoted literal spells (``'lse'``, as sweeps write their values)."""
+    value = _parse_literal(text)
+    return value if isinstance(value, str) else text
+
+
+# How an override's text becomes a value, by the type of the key it sets. float() reads nan and inf, so that
+# validate_config, not the parser, says they are not allowed.
+_PARSERS = {bool: _parse_bool, int: int, float: float, str: _parse_str, tuple: _parse_tuple}
+
+
 def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
-    """Set ``a.b.c=value`` in ``config``; the key must exist and the value must fit its type."""
+    """Set ``a.b.c=value`` in ``config``; the key must exist and the value must parse as its type.
+
+    ``None`` sets any key to None (:func:`validate_config` says which keys allow it).
+    """
     key, sep, text = item.partition("=")
     if not sep:
-        raise ConfigError(f"override {item!r} is not of the form key=value")
+        raise ConfigError(f"override {_SHOW.repr(item)} is not of the form key=value")
     *parents, leaf = key.split(".")
     node = config
     for i, part in enumerate(parents):
         if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
-            raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r} in override {item!r}")
+            raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r} in override {_SHOW.repr(item)}")
         node = node[part]
     if leaf not in node:
         raise ConfigError(f"unknown config key {key!r}: known keys here are {', '.join(sorted(node.keys()))}")
-    current = node[leaf]
+    kind = node.get_type(leaf)
+    if issubclass(kind, ml_collections.ConfigDict):
+        raise ConfigError(f"config key {key!r} is a group: set its keys ({', '.join(sorted(node[leaf].keys()))})")
+    parse = _PARSERS.get(kind, _parse_literal)
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text  # a bare word is a string
-    if isinstance(current, str) and not isinstance(value, str):
-        value = text
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    if current is not None and isinstance(current, bool) != isinstance(value, bool):
-        raise ConfigError(f"config key {key!r} is {type(current).__name__}, got {value!r}")
-    try:
+        value = None if text == "None" else parse(text)
         node[leaf] = value
-    except TypeError as err:
-        raise ConfigError(f"config key {key!r} is {type(current).__name__}, got {value!r} ({err})") from None
+    except (KeyError, *_LITERAL_ERRORS):
+        raise ConfigError(f"config key {key!r} is {kind.__name__}, got {_SHOW.repr(text)}") from None
+
+
+# --------------------------------------------------------------------------- validation
+# Each rule is (a check of one value, what is allowed); a check may see any value a config file can hold.
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(low: int):
+    return lambda v: _is_int(v) and v >= low, f"an integer >= {low}"
+
+
+def _optional(rule):
+    check, text = rule
+    return lambda v: v is None or check(v), f"{text} or None"
+
+
+def _one_of(*names):
+    return lambda v: v in names, "one of " + ", ".join(names)
+
+
+_FINITE = (_is_real, "a finite number")
+_NONNEGATIVE = (lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
+_POSITIVE = (lambda v: _is_real(v) and v > 0, "a finite number > 0")
+_FRACTION = (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)")
+_UNIT = (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]")
+_BOOL = (lambda v: isinstance(v, bool), "True or False")
+_TEXT = (lambda v: isinstance(v, str), "a string")
+_WIDTHS = (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_int(w) and w >= 1 for w in v),
+           "a non-empty tuple of integers >= 1")
+
+
+_MISSING = object()
+
+
+def _lookup(cfg, key: str):
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _train_size(cfg) -> int | None:
+    """How many training examples the config itself fixes (None: known only once the data is read)."""
+    key = "data.num_train" if _lookup(cfg, "data.name") == "synthetic" else "data.train_subset"
+    size = _lookup(cfg, key)
+    return size if _is_int(size) and size > 0 else None  # a train_subset of 0 takes the whole set
+
+
+def _rules(cfg, devices: int) -> list[tuple]:
+    """(key, check, allowed) for every key a run reads; keys a config lacks are skipped."""
+    from smoothmax.losses import OBJECTIVES
+    from smoothmax.models import HEADS
+
+    rules = [
+        ("seed", *_int_at_least(0)),
+        ("epochs", *_int_at_least(1)),
+        ("eval_every_epochs", *_int_at_least(1)),
+        ("log_every_steps", *_int_at_least(1)),
+        ("checkpoint.every_epochs", *_int_at_least(1)),
+        ("checkpoint.keep", *_int_at_least(1)),
+        ("data.name", *_one_of("cifar10", "synthetic")),
+        ("data.path", *_TEXT),
+        ("data.download", *_BOOL),
+        ("data.cache_dir", *_TEXT),
+        ("data.batch_size", *_int_at_least(1)),
+        ("data.batch_size", lambda v: v % devices == 0, f"a multiple of the number of devices ({devices})"),
+        ("data.eval_batch_size", *_int_at_least(devices)),  # every device gets a row
+        ("data.augment", *_BOOL),
+        ("data.eval_flip", *_BOOL),
+        ("data.train_subset", *_int_at_least(0)),
+        ("data.validation", *_NONNEGATIVE),
+        ("data.num_train", *_int_at_least(1)),
+        ("data.num_test", *_int_at_least(1)),
+        ("data.difficulty", *_UNIT),
+        ("data.synthetic_seed", *_int_at_least(0)),
+        ("data.seed", *_int_at_least(0)),
+        ("model.name", *_one_of("cnn", "resnet18")),
+        ("model.widths", *_WIDTHS),
+        ("model.stem_width", *_int_at_least(0)),
+        ("model.head", *_one_of(*HEADS)),
+        ("model.bn_momentum", *_FRACTION),
+        ("model.compute_dtype", *_one_of("float32", "bfloat16")),
+        ("loss.name", *_one_of(*OBJECTIVES)),
+        ("loss.temperature", *_NONNEGATIVE),
+        ("loss.margin", *_FINITE),
+        ("loss.final_temperature", *_optional(_NONNEGATIVE)),
+        ("loss.final_margin", *_optional(_FINITE)),
+        ("optimizer.name", *_one_of("sgd", "adamw")),
+        ("optimizer.learning_rate", *_POSITIVE),
+        ("optimizer.momentum", *_FRACTION),
+        ("optimizer.nesterov", *_BOOL),
+        ("optimizer.weight_decay", *_NONNEGATIVE),
+        ("optimizer.warmup_fraction", *_FRACTION),
+        ("optimizer.decay", *_one_of("linear", "cosine")),
+    ]
+    size = _train_size(cfg)
+    if size is not None:
+        rules.append(("data.batch_size", lambda v: v <= size, f"at most the {size} training examples"))
+    return rules
+
+
+def validate_config(cfg: ml_collections.ConfigDict, *, devices: int | None = None) -> None:
+    """Raise :class:`ConfigError` naming the first key whose value a run cannot use; read nothing else.
+
+    ``devices``: how many devices split a batch, ``jax.device_count()`` by default. That call starts JAX's
+    backends, which must wait for ``jax.distributed.initialize()``: before it, pass ``devices=1``.
+    """
+    if devices is None:
+        import jax
+
+        devices = jax.device_count()
+    for key, check, allowed in _rules(cfg, devices):
+        value = _lookup(cfg, key)
+        if value is _MISSING:
+            continue
+        try:
+            ok = check(value)
+        except TypeError:  # e.g. a batch size of None compared with the device count
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key {key!r} = {_SHOW.repr(value)}: must be {allowed}")
