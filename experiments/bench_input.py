@@ -69,7 +69,7 @@ def main():
     cfg.data.batch_size = args.batch
     cfg.total_steps = 1000
     program = train.get_program(cfg, ds)
-    state = (*train.init_state(cfg, program, ds.num_classes), train.zero_metrics())
+    state = (train.create_train_state(cfg, program.spec, ds.num_classes), train.zero_metrics())
     images, labels = data_lib.shard_batch(mesh, ds.train_images[: args.batch], ds.train_labels[: args.batch])
     args_ = (images, labels, jax.random.key(0), np.float32(1.0), np.float32(0.0))
     state = program.train_step(*state, *args_)

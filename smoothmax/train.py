@@ -15,25 +15,33 @@ continues from the last checkpoint and reproduces an uninterrupted run's metrics
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import nnx
+from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from smoothmax import data as data_lib
+from smoothmax.config import validate_config
 from smoothmax.files import atomic_write_text
+from smoothmax.identity import canonical, short_hash
 from smoothmax.losses import objective
 from smoothmax.margins import implicit_margin, implicit_margin_bound, logit_margin
 from smoothmax.models import make_model
+from smoothmax.provenance import provenance
+from smoothmax.workdir import claim
 
 # --------------------------------------------------------------------------- small helpers
 
@@ -85,7 +93,7 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     raise ValueError(f"unknown optimizer.name {opt.name!r}: choose sgd or adamw")
 
 
-# --------------------------------------------------------------------------- steps
+# --------------------------------------------------------------------------- state and steps
 
 # Keys that change a member's numbers but not its program: runs that differ only in these share one
 # compiled step (τ, m are traced scalars; the seed only sets initial weights).
@@ -104,15 +112,117 @@ def static_key(cfg) -> str:
     return json.dumps(flat, sort_keys=True)
 
 
+@struct.dataclass
+class TrainState:
+    """One member's training state; a population stacks members along a leading axis.
+
+    ``elapsed`` is the wall time spent on this state so far, summed over every process that trained it
+    (it travels with the checkpoint, so a killed and resumed run still reports its whole cost).
+    """
+
+    params: Any
+    rest: Any  # BatchNorm statistics and other non-parameter variables
+    opt_state: Any
+    step: jax.Array
+    elapsed: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What the steps close over: the model's structure, the optimizer, the objective, the input pipeline."""
+
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    loss_fn: Any
+    mean: np.ndarray
+    std: np.ndarray
+    augment: bool
+    eval_flip: bool
+
+
+def create_train_state(cfg, spec: StepSpec, num_classes: int) -> TrainState:
+    """Parameters, BatchNorm statistics and optimizer state of a fresh model seeded by ``cfg.seed``."""
+    _, params, rest = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32),
+                      jnp.zeros((), jnp.float32))
+
+
+def forward(spec: StepSpec, params, rest, images, training: bool):
+    """Logits of a batch of uint8 images, and the updated non-parameter variables."""
+    # Fresh variables at this trace level: NNX refuses to mutate variables made at an outer one.
+    params, rest = jax.tree.map(lambda x: x, (params, rest))
+    model = nnx.merge(spec.graphdef, params, rest)
+    model.train() if training else model.eval()
+    logits = model(data_lib.normalize(images, spec.mean, spec.std))
+    _, _, new_rest = nnx.split(model, nnx.Param, ...)
+    return logits, new_rest
+
+
+def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, temperature, margin):
+    """One SGD step of one member; ``metrics`` accumulates loss, correct and count on device."""
+    if spec.augment:
+        images = data_lib.augment(key, images.astype(jnp.float32))
+
+    def loss_of(params):
+        logits, new_rest = forward(spec, params, state.rest, images, training=True)
+        losses = spec.loss_fn(logits, labels, temperature=temperature, margin=margin)
+        return jnp.mean(losses), (logits, new_rest)
+
+    (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
+    state = state.replace(params=optax.apply_updates(state.params, updates), rest=new_rest,
+                          opt_state=opt_state, step=state.step + 1)
+    metrics = {
+        "loss": metrics["loss"] + loss * labels.shape[0],
+        "correct": metrics["correct"] + jnp.sum(jnp.argmax(logits, -1) == labels),
+        "count": metrics["count"] + labels.shape[0],
+    }
+    return state, metrics
+
+
+def eval_step(spec: StepSpec, state: TrainState, images, labels, mask, temperature, margin):
+    """Sums of one member's evaluation metrics over the unmasked examples of a batch, and their margins."""
+    logits, _ = forward(spec, state.params, state.rest, images, training=False)
+    if spec.eval_flip:  # test-time augmentation: average the logits of the image and its mirror
+        logits = 0.5 * (logits + forward(spec, state.params, state.rest, images[:, :, ::-1], training=False)[0])
+    safe_labels = jnp.where(mask, labels, 0)
+    w = mask.astype(jnp.float32)
+    loss, pullback = jax.vjp(
+        lambda z: spec.loss_fn(z, safe_labels, temperature=temperature, margin=margin), logits
+    )
+    # Gradient support: how many logits of an example receive a nonzero gradient.
+    (logit_grads,) = pullback(jnp.ones_like(loss))
+    support = jnp.sum(logit_grads != 0, axis=-1)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
+    implicit = implicit_margin(logits, safe_labels, temperature=temperature)
+    return {
+        "loss": jnp.sum(loss * w),
+        "ce": jnp.sum(ce * w),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == safe_labels) * w),
+        "implicit_margin": jnp.sum(implicit * w),
+        "zero_loss": jnp.sum((loss == 0) * w),
+        "gradient_support": jnp.sum(support * w),
+        "count": jnp.sum(w),
+    }, logit_margin(logits, safe_labels)
+
+
+def zero_metrics(lead=()):
+    return {"loss": jnp.zeros(lead, jnp.float32), "correct": jnp.zeros(lead, jnp.int32),
+            "count": jnp.zeros(lead, jnp.int32)}
+
+
+# --------------------------------------------------------------------------- programs
+
+
 @dataclasses.dataclass
 class Program:
-    """The compiled pieces shared by every member of a run: optimizer, steps, data placement.
+    """The compiled steps shared by every member of a run, and where states and batches live.
 
-    With ``members = K`` the steps are ``vmap``ped over stacked parameters, optimizer states and
+    With ``members = K`` the steps are the single-member steps ``vmap``ped over stacked states and
     per-member (τ, m), while images, labels and the augmentation key are shared.
     """
 
-    optimizer: optax.GradientTransformation
+    spec: StepSpec
     mesh: Any
     members: int | None
     train_step: Any
@@ -141,75 +251,21 @@ def _splits_members(members: int | None) -> bool:
 
 
 def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
-    loss_fn = objective(cfg.loss.name)
-    model = make_model(cfg.model, num_classes, cfg.seed)
-    graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-    optimizer = make_optimizer(cfg)
+    graphdef, _, _ = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+    spec = StepSpec(graphdef, make_optimizer(cfg), objective(cfg.loss.name), mean, std,
+                    bool(cfg.data.augment), bool(cfg.data.eval_flip))
+    train = functools.partial(train_step, spec)
+    evaluate = functools.partial(eval_step, spec)
+    if members is not None:  # a population: the single-member steps, vmapped over stacked states
+        train = jax.vmap(train, in_axes=(0, 0, None, None, None, 0, 0))
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None, 0, 0))
     mesh = data_lib.data_mesh()
-    augment = cfg.data.augment
-
-    def forward(params, rest, images, training):
-        # Fresh variables at this trace level: NNX refuses to mutate variables made at an outer one.
-        params, rest = jax.tree.map(lambda x: x, (params, rest))
-        model = nnx.merge(graphdef, params, rest)
-        model.train() if training else model.eval()
-        logits = model(data_lib.normalize(images, mean, std))
-        _, _, new_rest = nnx.split(model, nnx.Param, ...)
-        return logits, new_rest
-
-    def train_step(params, rest, opt_state, metrics, images, labels, key, temperature, margin):
-        if augment:
-            images = data_lib.augment(key, images.astype(jnp.float32))
-
-        def loss_of(params, rest):
-            logits, new_rest = forward(params, rest, images, training=True)
-            losses = loss_fn(logits, labels, temperature=temperature, margin=margin)
-            return jnp.mean(losses), (logits, new_rest)
-
-        (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(params, rest)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-        metrics = {
-            "loss": metrics["loss"] + loss * labels.shape[0],
-            "correct": metrics["correct"] + correct,
-            "count": metrics["count"] + labels.shape[0],
-        }
-        return params, new_rest, opt_state, metrics
-
-    def eval_step(params, rest, images, labels, mask, temperature, margin):
-        logits, _ = forward(params, rest, images, training=False)
-        if cfg.data.eval_flip:  # test-time augmentation: average the logits of the image and its mirror
-            logits = 0.5 * (logits + forward(params, rest, images[:, :, ::-1], training=False)[0])
-        safe_labels = jnp.where(mask, labels, 0)
-        w = mask.astype(jnp.float32)
-        loss, pullback = jax.vjp(
-            lambda z: loss_fn(z, safe_labels, temperature=temperature, margin=margin), logits
-        )
-        # Gradient support: how many logits of an example receive a nonzero gradient.
-        (logit_grads,) = pullback(jnp.ones_like(loss))
-        support = jnp.sum(logit_grads != 0, axis=-1)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
-        implicit = implicit_margin(logits, safe_labels, temperature=temperature)
-        return {
-            "loss": jnp.sum(loss * w),
-            "ce": jnp.sum(ce * w),
-            "correct": jnp.sum((jnp.argmax(logits, -1) == safe_labels) * w),
-            "implicit_margin": jnp.sum(implicit * w),
-            "zero_loss": jnp.sum((loss == 0) * w),
-            "gradient_support": jnp.sum(support * w),
-            "count": jnp.sum(w),
-        }, logit_margin(logits, safe_labels)
-
-    if members is not None:
-        shared = None
-        train_step = jax.vmap(train_step, in_axes=(0, 0, 0, 0, shared, shared, shared, 0, 0))
-        eval_step = jax.vmap(eval_step, in_axes=(0, 0, shared, shared, shared, 0, 0))
-    program = Program(optimizer, mesh, members, train_step, jax.jit(eval_step), _splits_members(members))
-    # Pin the state's placement so that step outputs feed the next step without a second compilation.
+    program = Program(spec, mesh, members, None, None, _splits_members(members))
+    # Pin the state's placement so that step outputs feed the next step without a second compilation;
+    # evaluation outputs are replicated so that every host can read them (margins are per example).
     state, replicated = program.state_sharding, NamedSharding(mesh, PartitionSpec())
-    program.train_step = jax.jit(train_step, donate_argnums=(0, 1, 2, 3),
-                                 out_shardings=(state, state, state, replicated))
+    program.train_step = jax.jit(train, donate_argnums=(0, 1), out_shardings=(state, replicated))
+    program.eval_step = jax.jit(evaluate, out_shardings=replicated)
     return program
 
 
@@ -225,23 +281,12 @@ def get_program(cfg, dataset, members: int | None = None) -> Program:
     return _PROGRAMS[key]
 
 
-def init_state(cfg, program: Program, num_classes: int):
-    """Parameters, BatchNorm statistics and optimizer state of a fresh model seeded by ``cfg.seed``."""
-    _, params, rest = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
-    return params, rest, program.optimizer.init(params)
-
-
-def zero_metrics(lead=()):
-    return {"loss": jnp.zeros(lead, jnp.float32), "correct": jnp.zeros(lead, jnp.int32),
-            "count": jnp.zeros(lead, jnp.int32)}
-
-
 def _histogram(values: np.ndarray, bins: int = 60) -> dict:
     counts, edges = np.histogram(values, bins=bins)
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def evaluate(program: Program, params, rest, images, labels, cfg, temperature, margin) -> list[dict]:
+def evaluate(program: Program, state: TrainState, images, labels, cfg, temperature, margin) -> list[dict]:
     """Metrics of each member over every example of (images, labels), each example counted once."""
     sums, margins = None, []
     batch = cfg.data.eval_batch_size
@@ -249,7 +294,7 @@ def evaluate(program: Program, params, rest, images, labels, cfg, temperature, m
     for idx, mask in data_lib.eval_batches(len(labels), batch):
         local = data_lib.host_indices(np.arange(len(idx)))
         x, y, m = program.put_batch(images[idx[local]], labels[idx[local]], mask[local])
-        out, batch_margins = program.eval_step(params, rest, x, y, m, temperature, margin)
+        out, batch_margins = program.eval_step(state, x, y, m, temperature, margin)
         sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
         margins.append(np.asarray(batch_margins)[..., mask])
     sums = jax.device_get(sums)
@@ -284,18 +329,38 @@ def load_data(cfg) -> data_lib.Dataset:
         return data_lib.synthetic(seed=d.synthetic_seed, num_train=d.num_train, num_test=d.num_test,
                                   difficulty=d.difficulty)
     if d.name == "cifar10":
-        path = None if not d.path else Path(d.path).expanduser()
-        ds = data_lib.load_cifar10(path, download=d.download, cache_dir=d.cache_dir or None)
+        ds = data_lib.load_cifar10(data_lib.resolve_source(d.path), download=d.download,
+                                   cache_dir=d.cache_dir or None)
         return data_lib.subset(ds, d.train_subset) if d.train_subset else ds
     raise ValueError(f"unknown data.name {d.name!r}: choose cifar10 or synthetic")
 
 
-def _checkpoint_manager(directory: Path, cfg):
-    """Orbax writes each checkpoint into a temporary folder and renames it when complete."""
+def checkpoint_manager(directory: Path, cfg):
+    """Orbax writes each checkpoint into a temporary folder and renames it when complete; the temporary
+    folders of a killed save are removed when the manager opens."""
     import orbax.checkpoint as ocp
 
-    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep, create=True)
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.checkpoint.keep, create=True,
+                                           cleanup_tmp_directories=True)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def restore_or_init(manager, fresh: TrainState) -> tuple[TrainState, int]:
+    """The latest checkpoint (shaped and placed like ``fresh``) and its epoch, or ``fresh`` and 0."""
+    import orbax.checkpoint as ocp
+
+    epoch = manager.latest_step()
+    if epoch is None:
+        return fresh, 0
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh)
+    return manager.restore(epoch, args=ocp.args.StandardRestore(abstract)), epoch
+
+
+def save(manager, epoch: int, state: TrainState) -> None:
+    """Checkpoint ``state`` as epoch ``epoch`` (asynchronously: the next epoch trains meanwhile)."""
+    import orbax.checkpoint as ocp
+
+    manager.save(epoch, args=ocp.args.StandardSave(state))
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
@@ -305,133 +370,153 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= upto_epoch]
 
 
+def _prepare(cfg) -> ml_collections.ConfigDict:
+    cfg = cfg.copy_and_resolve_references()
+    validate_config(cfg)
+    return cfg
+
+
 # --------------------------------------------------------------------------- the run
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir, *, resume: bool = True,
-                       progress: bool = True, dataset: data_lib.Dataset | None = None) -> dict:
-    """Train the model that ``cfg`` describes, evaluate it, and write its files into ``workdir``."""
-    workdir = Path(workdir)
-    return train_members([cfg], [workdir], workdir / "checkpoints", vmapped=False, resume=resume,
-                         progress=progress, dataset=dataset)[0]
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir, *, restart: bool = False, progress: bool = True,
+                       dataset: data_lib.Dataset | None = None, form: dict | None = None) -> dict:
+    """Train the model that ``cfg`` describes, evaluate it, and write its files into ``workdir``.
 
-
-def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool = True, progress: bool = True,
-                  dataset: data_lib.Dataset | None = None) -> list[dict]:
-    """Train runs that differ only in :data:`MEMBER_KEYS` with one program and one data stream.
-
-    ``vmapped``: one step trains all members at once (stacked states); otherwise a single member.
-    Each member writes ``metrics.jsonl``, ``summary.json`` and ``config.json`` into its own workdir; the
-    (stacked) state is checkpointed in ``checkpoint_dir``.
+    The workdir is claimed for this experiment (:func:`smoothmax.workdir.claim`): the same config resumes
+    from its last checkpoint or returns the finished summary, another config is refused, and ``restart``
+    discards the old run first. ``form`` is the config's canonical form when the caller has it already.
     """
-    from tqdm.auto import tqdm
+    cfg = _prepare(cfg)
+    workdir = Path(workdir)
+    with _claimed([workdir], [form or canonical(cfg)], restart=restart):
+        if (workdir / "summary.json").exists():
+            return json.loads((workdir / "summary.json").read_text())
+        return _fit([cfg], [workdir], workdir / "checkpoints", vmapped=False, progress=progress,
+                    dataset=dataset)[0]
 
-    start_time = time.time()
-    cfgs = [c.copy_and_resolve_references() for c in cfgs]
-    if not vmapped and len(cfgs) != 1:
-        raise ValueError("without vmapped, train_members runs exactly one member")
+
+def train_population(cfgs, workdirs, population_dir, *, restart: bool = False, progress: bool = True,
+                     dataset: data_lib.Dataset | None = None, forms: list[dict] | None = None) -> list[dict]:
+    """Train runs that differ only in :data:`MEMBER_KEYS` as one ``vmap``ped program on one data stream.
+
+    Each member writes its files into its own workdir; the stacked state is checkpointed in
+    ``population_dir/checkpoints``. The population folder is claimed like a workdir, for the list of its
+    members' experiments, so a population resumes only the checkpoints of exactly its members. Either all
+    members are finished (their summaries are returned) or none is.
+    """
+    cfgs = [_prepare(c) for c in cfgs]
     if len({static_key(c) for c in cfgs}) != 1:
         raise ValueError(f"population members may differ only in {', '.join(MEMBER_KEYS)}")
-    workdirs = [Path(w) for w in workdirs]
+    forms = forms or [canonical(c) for c in cfgs]
+    workdirs, population_dir = [Path(w) for w in workdirs], Path(population_dir)
+    population_form = {"members": [short_hash(f) for f in forms]}
+    with _claimed(workdirs + [population_dir], forms + [population_form], restart=restart):
+        finished = [(w / "summary.json").exists() for w in workdirs]
+        if all(finished):
+            return [json.loads((w / "summary.json").read_text()) for w in workdirs]
+        if any(finished):
+            raise ValueError(f"population {population_dir} has finished and unfinished members: train the "
+                             "unfinished ones as their own population")
+        return _fit(cfgs, workdirs, population_dir / "checkpoints", vmapped=True, progress=progress,
+                    dataset=dataset)
+
+
+@contextlib.contextmanager
+def _claimed(workdirs, forms, *, restart):
+    """Claim every folder (see :mod:`smoothmax.workdir`) for the duration of a run; host 0 writes, the
+    other hosts of a multi-host run check alike and wait for it."""
+    writer = jax.process_index() == 0
+    with contextlib.ExitStack() as stack:
+        for workdir, form in zip(workdirs, forms):
+            stack.callback(claim(workdir, form, restart=restart, writer=writer).release)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("smoothmax: workdirs claimed")
+        yield
+
+
+def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, dataset) -> list[dict]:
+    """The loop: train the members from their last checkpoint to the end, evaluate, write their files."""
+    start_time = time.time()
+    writer = jax.process_index() == 0
     ds = dataset if dataset is not None else load_data(cfgs[0])
     cfg = cfgs[0]
-    num_train = len(ds.train_labels)
-    batch_size = cfg.data.batch_size
-    if batch_size % jax.device_count():
-        raise ValueError(f"data.batch_size {batch_size} is not divisible by the {jax.device_count()} devices")
-    steps_per_epoch = num_train // batch_size
+    steps_per_epoch = len(ds.train_labels) // cfg.data.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     for c, w in zip(cfgs, workdirs):
         with c.unlocked():
             c.total_steps = total_steps
-        w.mkdir(parents=True, exist_ok=True)
-        if jax.process_index() == 0:
+        if writer:
             atomic_write_text(w / "config.json", c.to_json_best_effort(indent=2))
-    cfg = cfgs[0]
 
-    members = len(cfgs) if vmapped else None
-    program = get_program(cfg, ds, members)
-    states = [init_state(c, program, ds.num_classes) for c in cfgs]
-    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states) if vmapped else states[0]
-    replicated = NamedSharding(program.mesh, PartitionSpec())
-    params, rest, opt_state = jax.device_put(state, program.state_sharding)
+    program = get_program(cfg, ds, len(cfgs) if vmapped else None)
+    fresh = [create_train_state(c, program.spec, ds.num_classes) for c in cfgs]
+    fresh = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh) if vmapped else fresh[0]
+    manager = checkpoint_manager(checkpoint_dir, cfg)
+    state, start_epoch = restore_or_init(manager, jax.device_put(fresh, program.state_sharding))
+    spent_before = float(np.max(jax.device_get(state.elapsed)))
+    elapsed = lambda: spent_before + time.time() - start_time  # noqa: E731
+    histories = [_read_metrics(w / "metrics.jsonl", start_epoch) for w in workdirs]
 
-    def member_values(progress_fraction):
-        values = np.array([loss_schedule(c.loss, progress_fraction) for c in cfgs], np.float32)
+    def member_values(fraction):
+        values = np.array([loss_schedule(c.loss, fraction) for c in cfgs], np.float32)
         return (values[:, 0], values[:, 1]) if vmapped else (values[0, 0], values[0, 1])
 
-    manager = _checkpoint_manager(Path(checkpoint_dir), cfg)
-    start_epoch = 0
-    if resume and manager.latest_step() is not None:
-        import orbax.checkpoint as ocp
-
-        target = {"params": params, "rest": rest, "opt_state": opt_state}
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-        restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-        params, rest, opt_state = restored["params"], restored["rest"], restored["opt_state"]
-        start_epoch = manager.latest_step()
-    histories = [_read_metrics(w / "metrics.jsonl", start_epoch) for w in workdirs]
+    replicated = NamedSharding(program.mesh, PartitionSpec())
     key = jax.random.key(cfg.data.seed)
-    lead = (len(cfgs),) if vmapped else ()
-
+    log = ProgressLog(cfgs, vmapped, total_steps, start_epoch * steps_per_epoch, progress)
     epoch_seconds = []
-    desc = cfg.loss.name if vmapped else f"{cfg.loss.name} τ={cfg.loss.temperature} m={cfg.loss.margin}"
-    if vmapped:
-        desc += f" ×{len(cfgs)} members"
-    bar = tqdm(total=total_steps, initial=start_epoch * steps_per_epoch, disable=not progress, desc=desc,
-               unit="step", dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.time()
-        metrics = jax.device_put(zero_metrics(lead), replicated)
-        order = data_lib.epoch_permutation(num_train, batch_size, cfg.data.seed, epoch)
-        for i, idx in enumerate(order):
+        metrics = jax.device_put(zero_metrics((len(cfgs),) if vmapped else ()), replicated)
+        for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
+                                                           cfg.data.seed, epoch)):
             step = epoch * steps_per_epoch + i
             temperature, margin = member_values(step / max(1, total_steps - 1))
             local = data_lib.host_indices(idx)
             images, labels = program.put_batch(ds.train_images[local], ds.train_labels[local])
-            params, rest, opt_state, metrics = program.train_step(
-                params, rest, opt_state, metrics, images, labels, jax.random.fold_in(key, step),
-                temperature, margin,
-            )
-            bar.update(1)
-            if progress and (i + 1) % cfg.log_every_steps == 0:
-                m = jax.device_get(metrics)
-                bar.set_postfix(loss=f"{np.mean(m['loss'] / m['count']):.4f}",
-                                acc=f"{np.mean(m['correct'] / m['count']):.3f}")
-        m = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
+            state, metrics = program.train_step(state, metrics, images, labels, jax.random.fold_in(key, step),
+                                                temperature, margin)
+            log.step(metrics, (i + 1) % cfg.log_every_steps == 0)
+        train_metrics = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
         epoch_seconds.append(time.time() - epoch_start)
         done = epoch + 1
+        log.epoch(done, cfg.epochs, epoch_seconds[-1], steps_per_epoch * cfg.data.batch_size, train_metrics)
         if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
             fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
             temperature, margin = member_values(min(fraction, 1.0))
-            tests = evaluate(program, params, rest, ds.test_images, ds.test_labels, cfg, temperature, margin)
+            tests = evaluate(program, state, ds.test_images, ds.test_labels, cfg, temperature, margin)
             for k, (test, history) in enumerate(zip(tests, histories)):
                 row = {"epoch": done, "step": done * steps_per_epoch,
                        "temperature": float(np.atleast_1d(temperature)[k]),
                        "margin": float(np.atleast_1d(margin)[k]),
-                       "train_loss": float(m["loss"][k] / m["count"][k]),
-                       "train_accuracy": float(m["correct"][k] / m["count"][k]),
+                       "train_loss": float(train_metrics["loss"][k] / train_metrics["count"][k]),
+                       "train_accuracy": float(train_metrics["correct"][k] / train_metrics["count"][k]),
                        **{f"test_{name}": v for name, v in test.items()}}
                 history.append(row)
-                bar.write(f"epoch {done}/{cfg.epochs} τ={row['temperature']:.4g} m={row['margin']:.4g}: train "
-                          f"loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | test acc "
-                          f"{test['accuracy']:.4f} ce {test['ce']:.4f}")
-                if jax.process_index() == 0:
-                    atomic_write_text(workdirs[k] / "metrics.jsonl",
-                                      "".join(json.dumps(r) + "\n" for r in history))
+                log.evaluation(row, done, cfg.epochs)
+                if writer:
+                    atomic_write_text(workdirs[k] / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if done % cfg.checkpoint.every_epochs == 0 or done == cfg.epochs:
-            import orbax.checkpoint as ocp
-
-            manager.save(done, args=ocp.args.StandardSave({"params": params, "rest": rest, "opt_state": opt_state}))
-    bar.close()
+            state = state.replace(elapsed=jax.device_put(jnp.full_like(state.elapsed, elapsed()),
+                                                         program.state_sharding))
+            save(manager, done, state)
+    log.close()
     manager.wait_until_finished()
     manager.close()
+    return _write_summaries(cfgs, workdirs, histories, ds, program, elapsed(), epoch_seconds, steps_per_epoch)
 
-    wall = time.time() - start_time
+
+def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds, steps_per_epoch) -> list[dict]:
+    """Each member's ``summary.json``: its final metrics, the cost of the run and where it ran."""
     # Throughput in steady state: the first epoch of a process pays for compilation. None when this
-    # process trained nothing (the run was already complete).
+    # process trained nothing.
     steady = epoch_seconds[1:] or epoch_seconds
-    images_per_second = len(steady) * steps_per_epoch * batch_size * len(cfgs) / sum(steady) if steady else None
+    batch = cfgs[0].data.batch_size
+    images_per_second = len(steady) * steps_per_epoch * batch * len(cfgs) / sum(steady) if steady else None
+    where = provenance()
     summaries = []
     for c, w, history in zip(cfgs, workdirs, histories):
         final = history[-1]
@@ -457,15 +542,54 @@ def train_members(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, resume: bool
             "zero_loss_fraction": final["test_zero_loss_fraction"],
             "gradient_support_mean": final["test_gradient_support_mean"],
             "logit_margin_histogram": final["test_logit_margin_histogram"],
-            "wall_seconds": wall,
+            # Summed over every process that trained the run; a population's members share its time.
+            "wall_seconds": wall / len(cfgs),
+            "population_wall_seconds": wall,
             "images_per_second": images_per_second,
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
-            "population": len(cfgs) if vmapped else 1,
+            "population": len(cfgs) if program.members else 1,
             "population_split": "members" if program.splits_members else "batch",
+            "provenance": where,
             "config": json.loads(c.to_json_best_effort()),
         }
         if jax.process_index() == 0:
             atomic_write_text(w / "summary.json", json.dumps(summary, indent=2))
         summaries.append(summary)
     return summaries
+
+
+class ProgressLog:
+    """Progress for a person: a tqdm bar on a terminal; in a piped log, one line per epoch instead of a
+    carriage return per refresh. Evaluation lines are printed either way."""
+
+    def __init__(self, cfgs, vmapped: bool, total_steps: int, initial: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        c = cfgs[0]
+        desc = f"{c.loss.name} ×{len(cfgs)} members" if vmapped else \
+            f"{c.loss.name} τ={c.loss.temperature} m={c.loss.margin}"
+        self.enabled, self.lines = enabled, enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total_steps, initial=initial, disable=not enabled or self.lines, desc=desc,
+                        unit="step", dynamic_ncols=True)
+
+    def step(self, metrics, refresh: bool) -> None:
+        self.bar.update(1)
+        if refresh and not self.bar.disable:  # a host sync: only when a person will see it
+            m = jax.device_get(metrics)
+            self.bar.set_postfix(loss=f"{np.mean(m['loss'] / m['count']):.4f}",
+                                 acc=f"{np.mean(m['correct'] / m['count']):.3f}")
+
+    def epoch(self, done, epochs, seconds, images, m) -> None:
+        if self.lines:
+            print(f"epoch {done}/{epochs}: {seconds:.1f} s ({images / seconds:.0f} images/s per member), train "
+                  f"loss {np.mean(m['loss'] / m['count']):.4f} acc {np.mean(m['correct'] / m['count']):.4f}",
+                  flush=True)
+
+    def evaluation(self, row, done, epochs) -> None:
+        self.bar.write(f"epoch {done}/{epochs} τ={row['temperature']:.4g} m={row['margin']:.4g}: train loss "
+                       f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | test acc "
+                       f"{row['test_accuracy']:.4f} ce {row['test_ce']:.4f}")
+
+    def close(self) -> None:
+        self.bar.close()

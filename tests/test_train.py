@@ -135,3 +135,182 @@ def test_resnet18_with_cosine_head_trains(tmp_path, tiny_data):
     c.epochs = 1
     summary = train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data)
     assert summary["model"] == "resnet18" and np.isfinite(summary["test_loss"])
+
+
+# --------------------------------------------------------------------------- a workdir is one experiment
+
+
+def test_changed_config_into_a_finished_workdir_is_refused(tmp_path, tiny_data):
+    """Issue #11 failure 1: a changed learning rate used to reuse the old run and rewrite config.json."""
+    from smoothmax.workdir import WorkdirError
+
+    c = tiny_config(name="lse", temperature=0.5)
+    c.epochs = 1
+    first = train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    c.optimizer.learning_rate = 0.02
+    with pytest.raises(WorkdirError, match=r"optimizer\.learning_rate: 0\.05 -> 0\.02.*--restart"):
+        train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    # Keys that cannot change results may differ; the same experiment returns its finished result.
+    c.optimizer.learning_rate = 0.05
+    c.log_every_steps = 3
+    assert train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data) == first
+
+
+def test_restart_leaves_nothing_of_the_old_run(tmp_path, tiny_data, monkeypatch):
+    """Issue #11 failure 2: a killed --restart run used to resume from the old run's checkpoints."""
+    old = tiny_config(name="softmax")
+    old.epochs = 3
+    train.train_and_evaluate(old, tmp_path / "w", progress=False, dataset=tiny_data)
+    new = tiny_config(name="softmax")
+    new.epochs = 3
+    new.optimizer.learning_rate = 0.02
+    train.train_and_evaluate(new, tmp_path / "fresh", progress=False, dataset=tiny_data)
+
+    real_evaluate, calls = train.evaluate, []
+
+    def crash_on_second_eval(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", crash_on_second_eval)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(new, tmp_path / "w", restart=True, progress=False, dataset=tiny_data)
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    train.train_and_evaluate(new, tmp_path / "w", progress=False, dataset=tiny_data)
+    assert read_metrics(tmp_path / "w") == read_metrics(tmp_path / "fresh")
+
+
+def test_a_workdir_in_use_is_refused(tmp_path, tiny_data):
+    from smoothmax.files import ExclusiveLock
+    from smoothmax.workdir import WorkdirBusy
+
+    with ExclusiveLock(tmp_path / ".lock"):
+        with pytest.raises(WorkdirBusy, match=f"pid {os.getpid()}"):
+            train.train_and_evaluate(tiny_config(), tmp_path, progress=False, dataset=tiny_data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+
+
+def test_summary_records_provenance_and_a_piped_log_has_epoch_lines(tmp_path, tiny_data, capsys):
+    summary = train.train_and_evaluate(tiny_config(), tmp_path, progress=True, dataset=tiny_data)
+    where = summary["provenance"]
+    assert set(where["versions"]) >= {"jax", "jaxlib", "flax", "optax", "numpy"}
+    assert where["backend"] == "cpu" and "xla_flags" in where and "git_commit" in where
+    out = capsys.readouterr()
+    assert "epoch 1/2: " in out.out and "epoch 2/2: " in out.out
+    assert "\r" not in out.out + out.err  # no progress-bar refreshes in a log that is not a terminal
+
+
+# --------------------------------------------------------------------------- kills, restarts, several hosts
+
+KILLABLE_RUN = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, {tests!r})
+    from test_train import tiny_config
+    from smoothmax import train
+
+    workdir, kill = sys.argv[1], sys.argv[2]
+    kind, _, at = kill.partition(":")
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    if kind == "step":  # SIGKILL at this process's at-th train step
+        build = train.build_program
+
+        def counting_build(*args, **kwargs):
+            program, calls = build(*args, **kwargs), [0]
+            step = program.train_step
+
+            def counted(*a):
+                calls[0] += 1
+                if calls[0] == int(at):
+                    die()
+                return step(*a)
+
+            program.train_step = counted
+            return program
+
+        train.build_program = counting_build
+    elif kind == "save":  # SIGKILL while the checkpoint of epoch `at` is being written
+        save = train.save
+
+        def killing_save(manager, epoch, state):
+            save(manager, epoch, state)
+            if epoch == int(at):
+                die()
+
+        train.save = killing_save
+    c = tiny_config(name="softmax", temperature=0.5, final_temperature=0.2)
+    c.epochs = 3
+    s = train.train_and_evaluate(c, workdir, progress=False)
+    print(json.dumps({{"wall_seconds": s["wall_seconds"]}}))
+""")
+
+
+def test_runs_killed_at_seeded_moments_end_as_an_uninterrupted_run(tmp_path, tiny_data):
+    """Issue #11 failure 7 and the fault-injection test: SIGKILLs at seeded steps and inside a checkpoint
+    write, each followed by a rerun, end with the metrics of an uninterrupted run and at least its cost."""
+    script = KILLABLE_RUN.format(tests=os.path.dirname(__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+
+    def run(workdir, kill="none"):
+        return subprocess.run([sys.executable, "-c", script, str(workdir), kill], env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    c = tiny_config(name="softmax", temperature=0.5, final_temperature=0.2)
+    c.epochs = 3
+    reference = train.train_and_evaluate(c, tmp_path / "reference", progress=False, dataset=tiny_data)
+    steps = 3 * 512 // 64
+    rng = np.random.default_rng(11)
+    kills = [f"step:{rng.integers(2, steps // 2)}", "save:1", f"step:{rng.integers(steps // 3, steps)}"]
+    for kill in kills:
+        out = run(tmp_path / "killed", kill)
+        assert out.returncode == -9, f"{kill}: {out.stderr[-3000:]}"
+    final = run(tmp_path / "killed")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "reference")
+    # The reference ran in this process, whose compilation cache may already hold the program: a lower bound.
+    assert json.loads(final.stdout.strip().splitlines()[-1])["wall_seconds"] >= reference["wall_seconds"]
+    leftovers = [p.name for p in (tmp_path / "killed" / "checkpoints").iterdir() if "tmp" in p.name]
+    assert leftovers == []
+
+
+TWO_HOSTS = textwrap.dedent("""
+    import json, sys
+    import jax
+    sys.path.insert(0, {tests!r})
+    workdir, process, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{{port}}", num_processes=2, process_id=process)
+    from test_train import tiny_config
+    from smoothmax import train
+    s = train.train_and_evaluate(tiny_config(name="lse", temperature=0.5), workdir, progress=False)
+    print(json.dumps({{"devices": s["devices"], "acc": s["test_accuracy"], "loss": s["test_loss"],
+                      "processes": s["provenance"]["processes"]}}))
+""")
+
+
+def test_two_local_processes_train_like_one(tmp_path, tiny_data):
+    """Several hosts for real: two processes joined by jax.distributed on 127.0.0.1 (CPU collectives) train
+    a tiny config to the metrics of one process, each reading its half of every batch."""
+    import socket
+
+    script = TWO_HOSTS.format(tests=os.path.dirname(__file__))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    hosts = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "two"), str(i), port], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    outputs = [h.communicate(timeout=600) for h in hosts]
+    for h, (_, err) in zip(hosts, outputs):
+        assert h.returncode == 0, err[-3000:]
+    single = train.train_and_evaluate(tiny_config(name="lse", temperature=0.5), tmp_path / "one", progress=False,
+                                      dataset=tiny_data)
+    for out, _ in outputs:
+        two = json.loads(out.strip().splitlines()[-1])
+        assert two["devices"] == 2 and two["processes"] == 2
+        assert two["loss"] == pytest.approx(single["test_loss"], rel=2e-2)
+        assert abs(two["acc"] - single["test_accuracy"]) <= 0.03
+    assert read_metrics(tmp_path / "two")[-1]["epoch"] == 2
