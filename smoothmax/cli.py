@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     train = sub.add_parser("train", help="train one config into a workdir")
     train.add_argument("--config", required=True, help="path/to/config.py[:variant]")
     train.add_argument("--workdir", required=True)
-    train.add_argument("--resume", action="store_true", default=True,
-                       help="continue from the workdir's last checkpoint (the default)")
-    train.add_argument("--restart", dest="resume", action="store_false", help="ignore existing checkpoints")
+    train.add_argument("--restart", action="store_true",
+                       help="discard the workdir's old run (checkpoints, metrics, summary) and start afresh; "
+                            "without it a workdir resumes its own experiment and refuses another config")
     train.add_argument("--no-progress", dest="progress", action="store_false")
     train.add_argument("--distributed", action="store_true",
                        help="call jax.distributed.initialize() first (one process per host)")
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             # Before jax.distributed starts, JAX may not count devices; the trainer checks the batch then.
             validate_config(config, devices=1 if args.distributed else None)
             _init_distributed(args.distributed)
-            summary = train_and_evaluate(config, args.workdir, resume=args.resume, progress=args.progress)
+            summary = train_and_evaluate(config, args.workdir, restart=args.restart, progress=args.progress)
             keys = ("objective", "temperature", "margin", "head", "test_accuracy", "test_ce", "wall_seconds")
             print(json.dumps({k: summary[k] for k in keys}))
         elif args.command == "sweep":
