@@ -13,7 +13,6 @@ import argparse
 import json
 import tempfile
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -34,7 +33,8 @@ def main():
     cfg.epochs = args.epochs
     cfg.eval_every_epochs = args.epochs
     cfg.checkpoint.every_epochs = args.epochs
-    if cfg.data.name == "cifar10" and not Path(cfg.data.path).exists():
+    source = data_lib.resolve_source(cfg.data.path)
+    if cfg.data.name == "cifar10" and (source is None or not source.exists()):
         cfg.data.name = "synthetic"  # no local CIFAR-10: the same shapes from the built-in set
         cfg.data.num_train = args.subset
     ds = train.load_data(cfg)

@@ -6,6 +6,8 @@
 #   bash experiments/cpu_recipe.sh [variant ...]     # default: softmax lse hard-m1; ~14 min each on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The README's numbers come from the JPEG copy in ../shared; SMOOTHMAX_CIFAR10= (empty) takes the official archive.
+export SMOOTHMAX_CIFAR10="${SMOOTHMAX_CIFAR10-../shared/data/cifar10-jpeg.tgz}"
 mkdir -p runs
 variants=("$@")
 [ ${#variants[@]} -gt 0 ] || variants=(softmax lse hard-m1)

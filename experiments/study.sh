@@ -7,6 +7,8 @@
 # Rerunning skips finished points and resumes an interrupted one from its checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The README's numbers come from the JPEG copy in ../shared; SMOOTHMAX_CIFAR10= (empty) takes the official archive.
+export SMOOTHMAX_CIFAR10="${SMOOTHMAX_CIFAR10-../shared/data/cifar10-jpeg.tgz}"
 workdir=${1:-runs/study}
 start=$(date +%s)
 python -m smoothmax sweep --config configs/sweep_temperature.py --workdir "$workdir" --no-progress

@@ -26,7 +26,7 @@ import urllib.request
 import uuid
 import warnings
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 import jax
@@ -290,7 +290,7 @@ def _tar_entries(tar: tarfile.TarFile, where: str) -> list[_Entry]:
                 f"{where}: {member.name} reaches past {_MAX_ARCHIVE_BYTES >> 20} MiB uncompressed, far more than "
                 "CIFAR-10 (a decompression bomb?): refused before decompressing it"
             )
-        parts = tuple(p for p in PurePosixPath(member.name).parts if p != "/")
+        parts = tuple(p for p in member.name.split("/") if p not in ("", "."))
         if not parts or _hidden(parts):
             continue
         if member.isdir():
