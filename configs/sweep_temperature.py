@@ -10,7 +10,9 @@ is the official archive (downloaded once, md5-checked, cached) unless ``$SMOOTHM
     smoothmax report runs/sweep
 
 Variant ``:full`` uses the full CPU recipe per point (8 epochs, widths 32/64/128: hours on a CPU, minutes on
-a GPU). Add ``--config.seed=1`` (or more seeds in SEEDS) for error bars.
+a GPU). For error bars add seeds to SEEDS (``SEEDS = (0, 1, 2)``) and rerun into the same workdir: the
+finished seed-0 points are kept and the report pools the seeds. The grid sets ``seed``, so ``--config.seed``
+is an error here.
 """
 
 from smoothmax.config import base_config

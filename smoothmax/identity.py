@@ -63,6 +63,12 @@ def _flat_config(cfg) -> dict:
     return flatten(json.loads(cfg.to_json_best_effort()))
 
 
+def defaults() -> dict:
+    """Every key at its :func:`~smoothmax.config.base_config` default, flat: what a key absent from a
+    canonical form stands for."""
+    return _flat_config(base_config())
+
+
 def dataset_identity(cfg) -> str:
     """The dataset a config trains on, by content: ``synthetic`` (its keys stay in the canonical form),
     the official archive by its published md5, or a local copy by its content hash."""
@@ -82,12 +88,12 @@ def canonical(cfg, *, dataset: str | None = None) -> dict:
     """The canonical form of ``cfg`` (see the module docstring); ``dataset`` overrides the data identity
     (:func:`dataset_identity`, which hashes the files, by default)."""
     flat = _flat_config(cfg)
-    defaults = _flat_config(base_config())
+    base = defaults()
     ignored = set(NEUTRAL_KEYS) | SOURCE_KEYS
     for applies, keys in IGNORED:
-        if applies({**defaults, **flat}):
+        if applies({**base, **flat}):
             ignored.update(keys)
-    form = {k: v for k, v in flat.items() if k not in ignored and (k not in defaults or defaults[k] != v)}
+    form = {k: v for k, v in flat.items() if k not in ignored and (k not in base or base[k] != v)}
     form["data.source"] = dataset if dataset is not None else dataset_identity(cfg)
     return dict(sorted(form.items()))
 
@@ -100,10 +106,10 @@ def short_hash(form: dict, length: int = 10) -> str:
 def differences(recorded: dict, wanted: dict) -> list[str]:
     """``key: old -> new`` for every key where two canonical forms differ (an absent key is at its
     default, or ignored by that run)."""
-    defaults = _flat_config(base_config())
+    base = defaults()
     out = []
     for key in sorted(set(recorded) | set(wanted)):
-        old, new = recorded.get(key, defaults.get(key)), wanted.get(key, defaults.get(key))
+        old, new = recorded.get(key, base.get(key)), wanted.get(key, base.get(key))
         if old != new:
             out.append(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
     return out

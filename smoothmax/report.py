@@ -2,6 +2,13 @@
 
     smoothmax report runs/sweep
 
+The report reads the points of every invocation recorded in the workdir's ``sweep.json`` (see
+:mod:`smoothmax.sweep`) that have finished, and nothing else: a stray folder under ``points/`` is not read.
+A table row is every point with one canonical form but for the seeds (:data:`SEED_KEYS`): its accuracy is
+the mean over those seeds with a 95 % Student-t interval (ddof = 1) and their number n; a row of one seed
+shows "n = 1" and no interval. Other metrics are means over the row's seeds. Axes the grid varies beyond
+objective, τ, m and head (a learning rate, a dataset) get a column of their own.
+
 Figures (each titled and labelled):
   accuracy_vs_temperature.png   test accuracy against τ, one line per objective, one panel per head
   training_curves.png           test accuracy and test loss against epoch, every point
@@ -23,8 +30,15 @@ from pathlib import Path
 import numpy as np
 
 from smoothmax.files import atomic_write_bytes, atomic_write_text
+from smoothmax.identity import defaults
+from smoothmax.sweep import read_invocations
+from smoothmax.workdir import read_record
 
 OBJECTIVE_COLORS = {"hard": "tab:red", "lse": "tab:blue", "softmax": "tab:green"}
+# Keys whose values are replicates of one experiment: a row of the table is every seed of one point.
+SEED_KEYS = ("seed", "data.seed")
+# Axes every row shows in columns of their own.
+NAMED_AXES = ("loss.name", "loss.temperature", "loss.margin", "model.head")
 
 
 def _plt():
@@ -45,22 +59,26 @@ def _save(fig, out: Path) -> None:
     atomic_write_bytes(out, buffer.getvalue())
 
 
+def recorded_points(workdir) -> list[str]:
+    """The names of the points of every invocation recorded in ``workdir/sweep.json``, in order."""
+    invocations = read_invocations(workdir)
+    if not invocations:
+        raise FileNotFoundError(f"{workdir} has no sweep.json: is it a sweep workdir?")
+    return list(dict.fromkeys(p["name"] for inv in invocations for p in inv["points"]))
+
+
+def load_point(folder: Path) -> dict:
+    """A finished point's summary with its ``name``, ``canonical`` form and metric ``history``."""
+    summary = json.loads((folder / "summary.json").read_text())
+    history = folder / "metrics.jsonl"
+    return {**summary, "name": folder.name, "canonical": read_record(folder)["canonical"],
+            "history": [json.loads(l) for l in history.read_text().splitlines()] if history.exists() else []}
+
+
 def load_results(workdir) -> list[dict]:
-    """Summaries (with their metric histories) of every finished point of a sweep workdir."""
-    workdir = Path(workdir)
-    root = workdir / "points"
-    if not root.is_dir():
-        raise FileNotFoundError(f"{workdir} has no points/ folder: is it a sweep workdir?")
-    results = []
-    for point in sorted(root.iterdir()):
-        summary_file = point / "summary.json"
-        if not summary_file.exists():
-            continue
-        summary = json.loads(summary_file.read_text())
-        summary["name"] = point.name
-        history = point / "metrics.jsonl"
-        summary["history"] = [json.loads(l) for l in history.read_text().splitlines()] if history.exists() else []
-        results.append(summary)
+    """Every finished point of the invocations recorded in a sweep workdir (see the module docstring)."""
+    root = Path(workdir) / "points"
+    results = [load_point(root / name) for name in recorded_points(workdir) if (root / name / "summary.json").exists()]
     if not results:
         raise FileNotFoundError(f"no finished points under {root}: run the sweep first")
     return results
@@ -87,36 +105,67 @@ def _label(r) -> str:
     return f"{r['objective']}" + (f" m={r['margin']:g}" if r["margin"] else "")
 
 
+def t_interval(values) -> float:
+    """Half-width of the 95 % Student-t interval of the mean (ddof = 1); nan for one value."""
+    from scipy import stats  # installed with jax, which requires it
+
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+def _axes(results) -> dict:
+    """``{point name: "key=value ..."}`` for the axes beyond :data:`NAMED_AXES` and the seeds that vary."""
+    base = defaults()
+    keys = {k for r in results for k in r["canonical"]} - set(NAMED_AXES) - set(SEED_KEYS)
+    varying = sorted(k for k in keys
+                     if len({json.dumps(r["canonical"].get(k, base.get(k))) for r in results}) > 1)
+    return {r["name"]: " ".join(f"{k}={json.dumps(r['canonical'].get(k, base.get(k)))}" for k in varying)
+            for r in results}
+
+
+MEAN_COLUMNS = ("test_ce", "logit_margin_mean", "implicit_margin_mean", "implicit_margin_bound", "zero_loss_fraction",
+                "gradient_support_mean", "train_loss")
+
+
 def summary_table(results) -> list[dict]:
-    """Rows of objective × τ × m × head with mean ± std over seeds."""
+    """Rows of points equal but for their seeds: accuracy mean, 95 % t-interval and n; other metrics' means."""
     groups = defaultdict(list)
     for r in results:
-        groups[(r["objective"], r["temperature"], r["margin"], r["head"])].append(r)
+        key = {k: v for k, v in r["canonical"].items() if k not in SEED_KEYS}
+        groups[json.dumps(key, sort_keys=True)].append(r)
+    axes = _axes(results)
     rows = []
-    for (obj, tau, m, head), rs in sorted(groups.items(), key=lambda kv: (kv[0][3], kv[0][0], kv[0][2], kv[0][1])):
-        acc = np.array([r["test_accuracy"] for r in rs])
+    for rs in groups.values():
+        first, acc = rs[0], [r["test_accuracy"] for r in rs]
         rows.append({
-            "objective": obj, "temperature": tau, "margin": m, "head": head, "seeds": len(rs),
-            "test_accuracy_mean": float(acc.mean()), "test_accuracy_std": float(acc.std()),
-            "test_ce": float(np.mean([r["test_ce"] for r in rs])),
-            "logit_margin_mean": float(np.mean([r["logit_margin_mean"] for r in rs])),
-            "implicit_margin_mean": float(np.mean([r["implicit_margin_mean"] for r in rs])),
-            "implicit_margin_bound": float(np.mean([r["implicit_margin_bound"] for r in rs])),
-            "zero_loss_fraction": float(np.mean([r["zero_loss_fraction"] for r in rs])),
-            "gradient_support_mean": float(np.mean([r.get("gradient_support_mean", float("nan")) for r in rs])),
-            "train_loss": float(np.mean([r["train_loss"] for r in rs])),
+            "objective": first["objective"], "temperature": first["temperature"], "margin": first["margin"],
+            "head": first["head"], "axes": axes[first["name"]], "n": len(rs),
+            "test_accuracy_mean": float(np.mean(acc)), "test_accuracy_ci95": t_interval(acc),
+            **{c: float(np.mean([r.get(c, float("nan")) for r in rs])) for c in MEAN_COLUMNS},
         })
-    return rows
+    return sorted(rows, key=lambda r: (r["head"], r["objective"], r["axes"], r["margin"], r["temperature"]))
+
+
+def _accuracy_text(r) -> str:
+    if r["n"] == 1:
+        return f"{100 * r['test_accuracy_mean']:.2f} % (n = 1)"
+    return f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_ci95']:.2f} % (n = {r['n']})"
 
 
 def markdown_table(rows) -> str:
-    head = ("| objective | τ | m | head | test acc (mean ± std, seeds) | test CE | logit margin | implicit margin "
-            "| bound τ·log(C−1) | zero-loss frac | grad support |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    other = any(r["axes"] for r in rows)
+    head = ("| objective | τ | m | head |" + (" other axes |" if other else "")
+            + " test acc (mean ± 95 % t-interval over seeds) | test CE | logit margin | implicit margin "
+            "| bound τ·log(C−1) | zero-loss frac | grad support |\n|"
+            + "---|" * (11 + other) + "\n")
     lines = [
         f"| {r['objective']} | {r['temperature']:g} | {r['margin']:g} | {r['head']} | "
-        f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_std']:.2f} % ({r['seeds']}) | "
-        f"{r['test_ce']:.3f} | {r['logit_margin_mean']:.3f} | {r['implicit_margin_mean']:.4f} | "
-        f"{r['implicit_margin_bound']:.4f} | {r['zero_loss_fraction']:.3f} | {r['gradient_support_mean']:.2f} |"
+        + (f"{r['axes']} | " if other else "")
+        + f"{_accuracy_text(r)} | {r['test_ce']:.3f} | {r['logit_margin_mean']:.3f} | "
+        f"{r['implicit_margin_mean']:.4f} | {r['implicit_margin_bound']:.4f} | {r['zero_loss_fraction']:.3f} | "
+        f"{r['gradient_support_mean']:.2f} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -134,8 +183,8 @@ def plot_accuracy_vs_temperature(rows, out: Path):
     for ax, head, here in panels:
         taus = sorted({r["temperature"] for r in here if r["objective"] != "hard"}) or [1.0]
         for obj in ("lse", "softmax"):
-            pts = sorted((r["temperature"], r["test_accuracy_mean"], r["test_accuracy_std"]) for r in here
-                         if r["objective"] == obj and r["margin"] == 0)
+            pts = sorted((r["temperature"], r["test_accuracy_mean"], np.nan_to_num(r["test_accuracy_ci95"]))
+                         for r in here if r["objective"] == obj and r["margin"] == 0)
             if pts:
                 t, a, s = map(np.array, zip(*pts))
                 ax.errorbar(t, 100 * a, yerr=100 * s, marker="o", label=obj, color=OBJECTIVE_COLORS[obj], capsize=3)
@@ -311,20 +360,22 @@ def plot_cosine_floor(rows, out: Path, num_classes: int = 10) -> bool:
 
 
 def _population_text(workdir: Path, results: list[dict]) -> str:
-    """How the sweep trained its populations, as recorded in ``sweep.json`` (older sweeps lack the mode)."""
+    """How the sweep's invocations trained their populations, as recorded in ``sweep.json``."""
+    modes = {inv["population_mode"] for inv in read_invocations(workdir)}
     size = max(r.get("population", 1) for r in results)
-    sweep_file = workdir / "sweep.json"
-    mode = json.loads(sweep_file.read_text()).get("population_mode") if sweep_file.exists() else None
-    if mode == "sequential" or (mode is None and size == 1):
-        return ("members of a population trained one after another through one compiled step "
-                "(sequential mode: fastest on CPU)")
-    return f"members trained together in one vmapped step, up to {size} per population (vmap mode)"
+    sequential = ("members of a population trained one after another through one compiled step "
+                  "(sequential mode: fastest on CPU)")
+    vmapped = f"members trained together in one vmapped step, up to {size} per population (vmap mode)"
+    if modes == {"sequential"}:
+        return sequential
+    return vmapped if modes == {"vmap"} else f"some invocations with {sequential}, others with {vmapped}"
 
 
 def write_report(workdir) -> Path:
     """Write ``report.md``, ``results.csv`` and the figures into ``workdir``; return the report's path."""
     workdir = Path(workdir)
     results = load_results(workdir)
+    unfinished = len(recorded_points(workdir)) - len(results)
     rows = summary_table(results)
     figures = workdir / "figures"
     figures.mkdir(exist_ok=True)
@@ -344,14 +395,14 @@ def write_report(workdir) -> Path:
     lines = [
         f"# Sweep report: {workdir.name}",
         "",
-        f"{len(results)} finished points; data `{cfg['data']['name']}`"
+        f"{len(results)} finished points" + (f" ({unfinished} recorded points unfinished)" if unfinished else "")
+        + f" in {len(rows)} rows; data `{cfg['data']['name']}`"
         + (f" (`{cfg['data']['path']}`)" if cfg["data"].get("path") else "")
         + f"; model `{cfg['model']['name']}` widths {cfg['model']['widths']}; {first['epochs']} epochs; "
         f"backend {first.get('backend', '?')} × {first['devices']} device(s); {_population_text(workdir, results)}.",
         "",
         f"Wall time per point: {np.mean([r['wall_seconds'] for r in results]):.0f} s on average, "
-        f"{sum(r['wall_seconds'] for r in results) / max(1, max(r.get('population', 1) for r in results)):.0f} s "
-        "in all.",
+        f"{sum(r['wall_seconds'] for r in results):.0f} s in all.",
         "",
         markdown_table(rows),
         "## Figures",

@@ -1,19 +1,23 @@
-"""Sweeps: grid expansion, shards, skip/resume after a kill, population = sequential, report files."""
+"""Sweeps: grid expansion and point identity, seeds added by a rerun, CLI overrides, invocations in sweep.json,
+the report over seeds, shards that meet at one point, population keys, and kills at seeded moments."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from smoothmax import report, sweep, train
+from smoothmax import identity, report, sweep, train
 from smoothmax.config import ConfigError
+from smoothmax.files import ExclusiveLock
 from tests.test_train import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,32 +27,44 @@ from smoothmax.sweep import product
 from tests.test_train import tiny_config
 
 def get_config(arg=""):
-    c = tiny_config()
-    c.epochs = {epochs}
+    c = tiny_config()  # as test_population_matches_sequential_runs's: the tests share compiled programs
     c.model.widths = (8, 8, 8)
-    c.log_every_steps = 2
     return c
 
 def get_sweep(arg=""):
-    return (product({{"loss.name": ["hard"], "loss.temperature": [0.0], "loss.margin": [0.0, 1.0]}})
-            + product({{"loss.name": ["lse", "softmax"], "loss.temperature": [0.1, 1.0],
-                        "model.head": ["linear", "cosine"]}}))
+    return {grid}
 '''
 
+FULL_GRID = '''(product({"loss.name": ["hard"], "loss.temperature": [0.0], "loss.margin": [0.0, 1.0]})
+            + product({"loss.name": ["lse", "softmax"], "loss.temperature": [0.1, 1.0],
+                       "model.head": ["linear", "cosine"]}))'''
+# Two points of one population, no seed in the grid.
+SMALL_GRID = 'product({"loss.name": ["softmax"], "loss.temperature": [0.1, 1.0]})'
 
-def write_sweep_config(tmp_path, epochs=1) -> str:
+
+def write_sweep_config(tmp_path, grid=FULL_GRID) -> str:
     path = tmp_path / "sweep_cfg.py"
-    path.write_text(SWEEP_CONFIG.format(epochs=epochs))
+    path.write_text(SWEEP_CONFIG.format(grid=grid))
     return str(path)
+
+
+def point_dirs(work) -> list[str]:
+    return sorted(p.name for p in (work / "points").iterdir())
+
+
+def summaries_of(work) -> dict:
+    return {p.parent.name: p.read_bytes() for p in work.glob("points/*/summary.json")}
 
 
 def test_grid_expansion_names_and_shards(tmp_path):
     points = sweep.load_sweep(write_sweep_config(tmp_path))
     names = [p["name"] for p in points]
     assert len(points) == 10 and len(set(names)) == 10
-    assert names[0] == "hard_t0_m0" and "lse_t0.1_cosine" in names
-    lse = next(p for p in points if p["name"] == "lse_t0.1_cosine")
+    lse = next(p for p in points if p["name"].startswith("lse_t0.1_cosine-"))
     assert lse["config"].loss.temperature == 0.1 and lse["config"].model.head == "cosine"
+    # The name is the grid's label and a short hash of the point's canonical form.
+    assert lse["name"] == f"lse_t0.1_cosine-{identity.short_hash(identity.canonical(lse['config']))}"
+    assert names[0].startswith("hard_t0_m0-")
     shards = [points[i::3] for i in range(3)]
     assert sorted(p["name"] for s in shards for p in s) == sorted(names)  # disjoint and complete
     assert sweep.parse_shard("1/3") == (1, 3)
@@ -58,57 +74,140 @@ def test_grid_expansion_names_and_shards(tmp_path):
     groups = sweep.populations(points)
     assert sorted(len(g) for g in groups) == [2, 2, 2, 2, 2]
     assert sweep.product({"a": [1, 2], "b": ["x"]}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+    # CLI overrides reach every point; keys that cannot change results leave the identity alone.
+    assert all(p["config"].optimizer.learning_rate == 0.02
+               for p in sweep.load_sweep(write_sweep_config(tmp_path), ["optimizer.learning_rate=0.02"]))
+    logged = sweep.load_sweep(write_sweep_config(tmp_path), ["log_every_steps=7"])
+    assert [p["name"] for p in logged] == names
+    # Two grid points that are one experiment (τ means nothing to hard) are an error.
+    same = write_sweep_config(tmp_path, grid='[{"loss.name": "hard", "loss.temperature": t} for t in (0.0, 0.5)]')
+    with pytest.raises(ConfigError, match=r"hard_t0 and hard_t0\.5 .*same experiment"):
+        sweep.load_sweep(same)
 
 
-def test_sweep_runs_skips_finished_and_writes_report(tmp_path):
-    cfg = write_sweep_config(tmp_path)
+def test_seed_rerun_trains_beside_and_the_report_groups_seeds(tmp_path, capsys):
+    """Issue #11 failure 3: `--config.seed=1` into an existing sweep used to find every point finished."""
+    cfg = write_sweep_config(tmp_path, grid=SMALL_GRID)
     work = tmp_path / "work"
-    summaries = sweep.run_sweep(cfg, work, shard=(0, 2), progress=False)
-    assert len(summaries) == 5
-    done = sorted(p.name for p in (work / "points").iterdir())
-    assert len(done) == 5
-    mtimes = {n: (work / "points" / n / "summary.json").stat().st_mtime_ns for n in done}
-    sweep.run_sweep(cfg, work, shard=(0, 2), progress=False)  # nothing to do
-    assert {n: (work / "points" / n / "summary.json").stat().st_mtime_ns for n in done} == mtimes
-    sweep.run_sweep(cfg, work, shard=(1, 2), progress=False)
-    assert len(list((work / "points").iterdir())) == 10
-    path = report.write_report(work)
-    text = path.read_text()
-    assert "| lse | 0.1 | 0 | cosine |" in text and "figures/accuracy_vs_temperature.png" in text
-    for fig in ("accuracy_vs_temperature", "training_curves", "logit_margins", "implicit_margin", "loss_shapes",
-                "gradient_support", "cosine_floor"):
-        png = work / "figures" / f"{fig}.png"
-        assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
-    assert (work / "results.csv").read_text().startswith("objective,temperature")
+    sweep.run_sweep(cfg, work, progress=False)
+    seed0 = summaries_of(work)
+    assert len(seed0) == 2
+    sweep.run_sweep(cfg, work, overrides=["seed=1"], progress=False)
+    assert len(point_dirs(work)) == 4 and "2 to run" in capsys.readouterr().out
+    assert {k: v for k, v in summaries_of(work).items() if k in seed0} == seed0  # nothing lost or retrained
+    seeds = sorted(json.loads(v)["seed"] for v in summaries_of(work).values())
+    assert seeds == [0, 0, 1, 1]
+    # Every invocation is recorded once; a repeat adds nothing.
+    sweep.run_sweep(cfg, work, overrides=["seed=1"], progress=False)
+    invocations = sweep.read_invocations(work)
+    assert [inv["overrides"] for inv in invocations] == [[], ["seed=1"]]
+    assert {p["name"] for inv in invocations for p in inv["points"]} == set(point_dirs(work))
+
+    # The report reads the recorded points only (not a stray folder) and pools the seeds of a point.
+    stray = work / "points" / "stray-0123456789"
+    stray.mkdir()
+    (stray / "summary.json").write_text("not json: reading it would fail")
+    results = report.load_results(work)
+    assert sorted(r["name"] for r in results) == sorted(summaries_of(work).keys() - {stray.name})
+    rows = report.summary_table(results)
+    text = report.markdown_table(rows)
+    assert [r["n"] for r in rows] == [2, 2]
+    for r in rows:
+        acc = [json.loads(v)["test_accuracy"] for k, v in summaries_of(work).items()
+               if k.startswith(f"softmax_t{r['temperature']:g}-")]
+        assert r["test_accuracy_mean"] == pytest.approx(np.mean(acc))
+        # 95 % t-interval with ddof = 1: t(0.975, 1) = 12.706.
+        assert r["test_accuracy_ci95"] == pytest.approx(12.706 * np.std(acc, ddof=1) / np.sqrt(2), rel=1e-4)
+        assert f"{100 * r['test_accuracy_mean']:.2f} ± {100 * r['test_accuracy_ci95']:.2f} % (n = 2)" in text
 
 
-def test_killed_sweep_resumes_without_loss_or_duplicates(tmp_path):
-    cfg = write_sweep_config(tmp_path, epochs=3)
+def test_a_key_set_by_grid_and_command_line_is_an_error(tmp_path):
+    """Issue #11 failure 3: grid overrides used to beat the command line's without a word."""
+    cfg = write_sweep_config(tmp_path, grid=SMALL_GRID)
+    with pytest.raises(ConfigError, match=r"loss\.temperature set both by the grid"):
+        sweep.run_sweep(cfg, tmp_path / "work", overrides=["loss.temperature=0.5"], progress=False)
+    assert not (tmp_path / "work").exists()
+
+
+def test_a_bad_point_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    from smoothmax.cli import main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before validation")
+
+    monkeypatch.setattr(sweep, "load_data", no_work)
+    monkeypatch.setattr(sweep, "dataset_identity", no_work)
+    cfg = write_sweep_config(tmp_path, grid='product({"loss.name": ["lse"], "loss.temperature": [0.1, -0.5]})')
+    assert main(["sweep", "--config", cfg, "--workdir", str(tmp_path / "work"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "lse_t-0.5" in err and "loss.temperature" in err and "Traceback" not in err
+    assert not (tmp_path / "work").exists()
+
+
+def test_concurrent_shards_keep_every_invocation(tmp_path):
+    start = threading.Barrier(8)
+
+    def record(i):
+        start.wait()
+        sweep.record_invocation(tmp_path, {"config": "c.py", "overrides": [f"seed={i}"], "points": []})
+
+    threads = [threading.Thread(target=record, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    recorded = sorted(inv["overrides"][0] for inv in sweep.read_invocations(tmp_path))
+    assert recorded == [f"seed={i}" for i in range(8)]
+
+
+def test_a_point_in_use_is_skipped_and_a_killed_holders_lock_is_free(tmp_path, capsys):
+    """Two shards at one point: the second skips it while the first lives, and trains it once the first dies."""
+    cfg = write_sweep_config(tmp_path, grid=SMALL_GRID)
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "smoothmax", "sweep", "--config", cfg, "--workdir", str(work), "--no-progress"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # Kill once the first point has finished and the second has a checkpoint.
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        finished = list(work.glob("points/*/summary.json"))
-        ckpts = [p for p in work.glob("points/*/checkpoints/*") if p.name.isdigit()]
-        if finished and len(ckpts) > 2:
-            break
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    finished_before = {p.parent.name: p.read_text() for p in work.glob("points/*/summary.json")}
-    assert 1 <= len(finished_before) < 10
-    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert f"{len(finished_before)} finished" in out.stdout
-    # Finished results untouched, every point done exactly once, histories complete and unduplicated.
-    for name, text in finished_before.items():
-        assert (work / "points" / name / "summary.json").read_text() == text
-    for point in (work / "points").iterdir():
-        epochs = [json.loads(l)["epoch"] for l in (point / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2, 3], (point.name, epochs)
+    first, second = (work / "points" / p["name"] for p in sweep.load_sweep(cfg))
+    held = ExclusiveLock(first / ".lock").acquire()  # a live shard in this process
+    holder = subprocess.Popen(  # a shard in another process, killed below
+        [sys.executable, "-c", "import sys, time; from smoothmax.files import ExclusiveLock; "
+         "ExclusiveLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)", str(second / ".lock")],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert sweep.run_sweep(cfg, work, progress=False) == []
+        out = capsys.readouterr().out
+        assert f"skipped {first.name}" in out and f"skipped {second.name}" in out
+        assert "2 point(s) skipped, in use by another process" in out and "pid" in out
+        assert not list(work.glob("points/*/summary.json"))
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        done = sweep.run_sweep(cfg, work, progress=False)
+        assert [s["name"] for s in done] == [second.name]
+    finally:
+        holder.kill()
+        holder.wait()
+        held.release()
+    assert [s["name"] for s in sweep.run_sweep(cfg, work, progress=False)] == [first.name, second.name]
+
+
+def test_population_folder_is_keyed_by_the_whole_group(tmp_path):
+    cfg = write_sweep_config(tmp_path, grid=SMALL_GRID + ' + [{"loss.name": "softmax", "loss.temperature": 0.3}]')
+    points = sweep.load_sweep(cfg)
+    (group,) = sweep.populations(points)
+    key = sweep.population_key(group)
+    # The key is the group's, whatever its order; it changes with any member's config.
+    assert sweep.population_key(group[::-1]) == key
+    assert sweep.population_key(sweep.load_sweep(cfg, ["optimizer.learning_rate=0.02"])) != key
+    assert sweep.population_key(group[:2]) != key
+    # None finished: the whole group trains; some finished: the others train as their own population.
+    assert sweep.population_plan(group, group) == sorted(group, key=lambda p: p["hash"])
+    assert sweep.population_plan(group, group[1:]) == sorted(group[1:], key=lambda p: p["hash"])
+
+    work = tmp_path / "work"
+    sweep.run_sweep(cfg, work, mode="vmap", progress=False)
+    assert [p.name for p in (work / "populations").iterdir()] == [key]
+    assert len(summaries_of(work)) == 3
+    before = summaries_of(work)
+    sweep.run_sweep(cfg, work, mode="vmap", progress=False)  # all finished: nothing trains
+    assert summaries_of(work) == before
 
 
 def test_population_matches_sequential_runs(tmp_path):
@@ -122,8 +221,8 @@ def test_population_matches_sequential_runs(tmp_path):
     from smoothmax.train import load_data
 
     ds = load_data(base)
-    pop = train.train_members(members, [tmp_path / f"p{i}" for i in range(3)], tmp_path / "ckpt", vmapped=True,
-                              progress=False, dataset=ds)
+    pop = train.train_population(members, [tmp_path / f"p{i}" for i in range(3)], tmp_path / "pop", progress=False,
+                                 dataset=ds)
     for i, c in enumerate(members):
         seq = train.train_and_evaluate(c, tmp_path / f"s{i}", progress=False, dataset=ds)
         assert pop[i]["test_accuracy"] == pytest.approx(seq["test_accuracy"], abs=0.011)
@@ -133,16 +232,83 @@ def test_population_matches_sequential_runs(tmp_path):
     with pytest.raises(ValueError, match="may differ only in"):
         other = base.copy_and_resolve_references()
         other.model.head = "cosine"
-        train.train_members([base, other], [tmp_path / "x", tmp_path / "y"], tmp_path / "c2", vmapped=True,
-                            progress=False, dataset=ds)
+        train.train_population([base, other], [tmp_path / "x", tmp_path / "y"], tmp_path / "c2", progress=False,
+                               dataset=ds)
+
+
+def test_sweep_runs_shards_and_writes_report(tmp_path):
+    cfg = write_sweep_config(tmp_path)
+    work = tmp_path / "work"
+    summaries = sweep.run_sweep(cfg, work, shard=(0, 2), progress=False)
+    assert len(summaries) == 5 and len(point_dirs(work)) == 5
+    before = summaries_of(work)
+    sweep.run_sweep(cfg, work, shard=(0, 2), progress=False)  # nothing to do
+    assert summaries_of(work) == before
+    sweep.run_sweep(cfg, work, shard=(1, 2), progress=False)
+    assert len(point_dirs(work)) == 10 and len(sweep.read_invocations(work)) == 1
+    text = report.write_report(work).read_text()
+    assert "10 finished points in 10 rows" in text and "| lse | 0.1 | 0 | cosine |" in text
+    assert text.count("(n = 1)") == 10
+    assert not re.search(r"\d ± \d", text)  # one seed: no interval
+    assert "figures/accuracy_vs_temperature.png" in text
+    for fig in ("accuracy_vs_temperature", "training_curves", "logit_margins", "implicit_margin", "loss_shapes",
+                "gradient_support", "cosine_floor"):
+        png = work / "figures" / f"{fig}.png"
+        assert png.exists() and png.read_bytes()[:4] == b"\x89PNG"
+    assert (work / "results.csv").read_text().startswith("objective,temperature")
+
+
+def _events(work) -> int:
+    """How far a sweep has come: evaluations written plus points finished (grows as it trains)."""
+    lines = sum(len(p.read_text().splitlines()) for p in work.glob("points/*/metrics.jsonl"))
+    return lines + len(list(work.glob("points/*/summary.json")))
+
+
+def test_sweep_killed_at_seeded_moments_ends_as_an_uninterrupted_one(tmp_path):
+    """Fault injection: SIGKILL at seeded moments, rerun until done; nothing lost, nothing trained twice."""
+    cfg = write_sweep_config(tmp_path, grid='product({"loss.name": ["softmax"], "loss.temperature": [0.1, 0.3, 1.0]})')
+    reference = {s["name"]: s for s in sweep.run_sweep(cfg, tmp_path / "ref", progress=False)}
+    total = len(reference) * 3  # two evaluations and a summary per point
+    moments = sorted(np.random.default_rng(11).choice(np.arange(1, total), size=2, replace=False))
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "smoothmax", "sweep", "--config", cfg, "--workdir", str(work), "--no-progress"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    first_seen = {}  # each point's summary as first written: it must never change
+    for moment in [*moments, None]:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        while proc.poll() is None:
+            if work.exists():
+                first_seen = {**summaries_of(work), **first_seen}
+                if moment is not None and _events(work) >= moment:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.02)
+        expected = 0 if moment is None else -signal.SIGKILL  # a sweep that ended before its moment fails here
+        assert proc.wait(timeout=300) == expected, proc.stderr.read()[-2000:]
+        first_seen = {**summaries_of(work), **first_seen}
+    assert summaries_of(work) == first_seen and set(first_seen) == set(reference)
+    metrics = ("test_accuracy", "test_loss", "test_ce", "train_loss", "train_accuracy", "logit_margin_mean")
+    for name, ref in reference.items():
+        got = json.loads(first_seen[name])
+        assert {k: got[k] for k in metrics} == {k: ref[k] for k in metrics}, name
+        rows = (work / "points" / name / "metrics.jsonl").read_text()
+        assert rows == (tmp_path / "ref" / "points" / name / "metrics.jsonl").read_text()
+        assert got["wall_seconds"] > 0
+    assert len(sweep.read_invocations(work)) == 1 and len(point_dirs(work)) == 3
 
 
 def test_report_rejects_an_empty_workdir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no points"):
+    with pytest.raises(FileNotFoundError, match="no sweep.json"):
         report.write_report(tmp_path)
-    (tmp_path / "points").mkdir()
+    sweep.record_invocation(tmp_path, {"config": "c.py", "overrides": [], "points": [{"name": "a-0", "hash": "0"}]})
     with pytest.raises(FileNotFoundError, match="no finished points"):
         report.write_report(tmp_path)
+
+
+def test_report_interval_and_single_seed_text():
+    assert np.isnan(report.t_interval([0.5]))
+    # t(0.975, 2) = 4.303; values 0.1, 0.2, 0.3: std (ddof = 1) 0.1.
+    assert report.t_interval([0.1, 0.2, 0.3]) == pytest.approx(4.303 * 0.1 / np.sqrt(3), rel=1e-4)
 
 
 def test_normface_floor_values():
@@ -173,8 +339,8 @@ def test_population_split_over_four_devices_by_members(tmp_path):
             c.loss.temperature = tau
             members.append(c)
         out = sys.argv[1]
-        pop = train.train_members(members, [f"{{out}}/p{{i}}" for i in range(4)], f"{{out}}/ckpt", vmapped=True,
-                                  progress=False)
+        pop = train.train_population(members, [f"{{out}}/p{{i}}" for i in range(4)], f"{{out}}/pop",
+                                     progress=False)
         seq = [train.train_and_evaluate(members[i], f"{{out}}/s{{i}}", progress=False) for i in (0, 3)]
         print(json.dumps({{"split": pop[0]["population_split"], "devices": pop[0]["devices"],
                            "pop": [pop[i]["test_loss"] for i in (0, 3)], "seq": [s["test_loss"] for s in seq]}}))
