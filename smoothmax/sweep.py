@@ -121,13 +121,13 @@ def load_sweep(spec: str, overrides=()) -> list[dict]:
         raise ConfigError(f"{', '.join(both)} set both by the grid of {spec} and on the command line: drop "
                           "the command-line override, or change the grid")
     configs = [_point_config(spec, point_label(p), p, overrides) for p in grid]
-    datasets = {}  # one content hash per distinct data source
+    sources = {}  # one content hash per distinct data source
     points, seen = [], {}
     for grid_overrides, config in zip(grid, configs):
         source = (config.data.name, config.data.path)
-        if source not in datasets:
-            datasets[source] = dataset_identity(config)
-        form = canonical(config, dataset=datasets[source])
+        if source not in sources:
+            sources[source] = dataset_identity(config)
+        form = canonical(config, dataset=sources[source])
         label, digest = point_label(grid_overrides), short_hash(form)
         if digest in seen:
             raise ConfigError(f"sweep points {seen[digest]} and {label} of {spec} are the same experiment")

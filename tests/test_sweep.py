@@ -275,7 +275,8 @@ def test_sweep_killed_at_seeded_moments_ends_as_an_uninterrupted_one(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     first_seen = {}  # each point's summary as first written: it must never change
     for moment in [*moments, None]:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = open(tmp_path / "stderr.txt", "w+")
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
         while proc.poll() is None:
             if work.exists():
                 first_seen = {**summaries_of(work), **first_seen}
@@ -284,7 +285,8 @@ def test_sweep_killed_at_seeded_moments_ends_as_an_uninterrupted_one(tmp_path):
                     break
             time.sleep(0.02)
         expected = 0 if moment is None else -signal.SIGKILL  # a sweep that ended before its moment fails here
-        assert proc.wait(timeout=300) == expected, proc.stderr.read()[-2000:]
+        assert proc.wait(timeout=300) == expected, (tmp_path / "stderr.txt").read_text()[-2000:]
+        log.close()
         first_seen = {**summaries_of(work), **first_seen}
     assert summaries_of(work) == first_seen and set(first_seen) == set(reference)
     metrics = ("test_accuracy", "test_loss", "test_ce", "train_loss", "train_accuracy", "logit_margin_mean")
@@ -309,6 +311,25 @@ def test_report_interval_and_single_seed_text():
     assert np.isnan(report.t_interval([0.5]))
     # t(0.975, 2) = 4.303; values 0.1, 0.2, 0.3: std (ddof = 1) 0.1.
     assert report.t_interval([0.1, 0.2, 0.3]) == pytest.approx(4.303 * 0.1 / np.sqrt(3), rel=1e-4)
+
+
+def test_report_rows_pool_seeds_and_name_the_other_axes():
+    def point(name, acc, **form):
+        metrics = {c: 0.5 for c in report.MEAN_COLUMNS}
+        return {"name": name, "objective": "lse", "temperature": 0.1, "margin": 0.0, "head": "linear",
+                "test_accuracy": acc, "canonical": {"loss.name": "lse", "data.source": "synthetic", **form},
+                **metrics}
+
+    results = [point("a", 0.5, **{"optimizer.learning_rate": 0.1}),
+               point("b", 0.7, **{"optimizer.learning_rate": 0.1, "seed": 1}),
+               point("c", 0.9, **{"optimizer.learning_rate": 0.1, "data.seed": 3}),
+               point("d", 0.4)]  # the default learning rate, one seed
+    rows = report.summary_table(results)
+    assert [(r["axes"], r["n"]) for r in rows] == [("optimizer.learning_rate=0.1", 3),
+                                                  ("optimizer.learning_rate=0.2", 1)]
+    assert rows[0]["test_accuracy_mean"] == pytest.approx(0.7)
+    text = report.markdown_table(rows)
+    assert "| other axes |" in text and "70.00 ± 49.68 % (n = 3)" in text and "40.00 % (n = 1)" in text
 
 
 def test_normface_floor_values():
