@@ -39,7 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 1000
     c.data.augment = True
     c.data.eval_flip = False  # test metrics on logits averaged over the image and its mirror
-    c.data.train_subset = 0  # cifar10: train on a fixed random subset of this many images (0 = all)
+    # Training images held out for validation (stratified, the same for every run; 0 = none). With a
+    # validation split, evaluations during training read it, and the test set is read once, at the end.
+    c.data.validation = 0
+    c.data.train_subset = 0  # cifar10: train on a fixed random subset of the rest (0 = all)
     c.data.num_train = 10_000  # synthetic only
     c.data.num_test = 2_000
     c.data.difficulty = 0.5
@@ -226,9 +229,11 @@ def _lookup(cfg, key: str):
 
 def _train_size(cfg) -> int | None:
     """How many training examples the config itself fixes (None: known only once the data is read)."""
-    key = "data.num_train" if _lookup(cfg, "data.name") == "synthetic" else "data.train_subset"
-    size = _lookup(cfg, key)
-    return size if _is_int(size) and size > 0 else None  # a train_subset of 0 takes the whole set
+    if _lookup(cfg, "data.name") != "synthetic":
+        size = _lookup(cfg, "data.train_subset")
+        return size if _is_int(size) and size > 0 else None  # a train_subset of 0 takes the whole set
+    size, held = _lookup(cfg, "data.num_train"), _lookup(cfg, "data.validation")
+    return size - held if _is_int(size) and _is_int(held) else None
 
 
 def _rules(cfg, devices: int) -> list[tuple]:
@@ -253,7 +258,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.augment", *_BOOL),
         ("data.eval_flip", *_BOOL),
         ("data.train_subset", *_int_at_least(0)),
-        ("data.validation", *_NONNEGATIVE),
+        ("data.validation", *_int_at_least(0)),
         ("data.num_train", *_int_at_least(1)),
         ("data.num_test", *_int_at_least(1)),
         ("data.difficulty", *_UNIT),

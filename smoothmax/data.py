@@ -496,6 +496,33 @@ def subset(ds: Dataset, num_train: int, seed: int = 0) -> Dataset:
     return dataclasses.replace(ds, train_images=ds.train_images[keep], train_labels=ds.train_labels[keep])
 
 
+# The seed of the validation split. Fixed, not data.seed: every run of a study (every seed, objective and
+# learning rate) chooses on the same held-out images.
+VALIDATION_SEED = 0
+
+
+def hold_out(ds: Dataset, size: int) -> tuple[Dataset, tuple[np.ndarray, np.ndarray] | None]:
+    """Split ``size`` training images off for validation: stratified (each class keeps its share, largest
+    remainders rounded up), the same images for every run. Returns the dataset without them, and
+    ``(images, labels)`` of the validation split (None for ``size = 0``)."""
+    if size == 0:
+        return ds, None
+    labels = ds.train_labels
+    if not 0 < size < len(labels):
+        raise ValueError(f"a validation split of {size} images: the training set has {len(labels)}")
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = size * counts / len(labels)
+    take = np.floor(quota).astype(int)
+    take[np.argsort(take - quota)[: size - take.sum()]] += 1  # largest remainders first
+    rng = np.random.default_rng(VALIDATION_SEED)
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)])
+    keep = np.ones(len(labels), bool)
+    keep[held] = False
+    held = np.sort(held)
+    rest = dataclasses.replace(ds, train_images=ds.train_images[keep], train_labels=labels[keep])
+    return rest, (ds.train_images[held], labels[held])
+
+
 # --------------------------------------------------------------------------- the synthetic set
 
 

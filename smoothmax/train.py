@@ -329,10 +329,18 @@ def load_data(cfg) -> data_lib.Dataset:
         return data_lib.synthetic(seed=d.synthetic_seed, num_train=d.num_train, num_test=d.num_test,
                                   difficulty=d.difficulty)
     if d.name == "cifar10":
-        ds = data_lib.load_cifar10(data_lib.resolve_source(d.path), download=d.download,
-                                   cache_dir=d.cache_dir or None)
-        return data_lib.subset(ds, d.train_subset) if d.train_subset else ds
+        return data_lib.load_cifar10(data_lib.resolve_source(d.path), download=d.download,
+                                     cache_dir=d.cache_dir or None)
     raise ValueError(f"unknown data.name {d.name!r}: choose cifar10 or synthetic")
+
+
+def split_data(ds: data_lib.Dataset, data_cfg) -> tuple[data_lib.Dataset, tuple | None]:
+    """The training set a run trains on and its validation split: the fixed validation images first, then
+    ``train_subset`` of the rest (so a subset never changes which images validate)."""
+    ds, validation = data_lib.hold_out(ds, data_cfg.validation)
+    if data_cfg.train_subset:
+        ds = data_lib.subset(ds, data_cfg.train_subset)
+    return ds, validation
 
 
 def checkpoint_manager(directory: Path, cfg):
@@ -441,8 +449,9 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     """The loop: train the members from their last checkpoint to the end, evaluate, write their files."""
     start_time = time.time()
     writer = jax.process_index() == 0
-    ds = dataset if dataset is not None else load_data(cfgs[0])
     cfg = cfgs[0]
+    ds, validation = split_data(dataset if dataset is not None else load_data(cfg), cfg.data)
+    phases = {"data_seconds": time.time() - start_time, "first_step_seconds": None, "evaluation_seconds": 0.0}
     steps_per_epoch = len(ds.train_labels) // cfg.data.batch_size
     total_steps = steps_per_epoch * cfg.epochs
     for c, w in zip(cfgs, workdirs):
@@ -479,22 +488,34 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
             images, labels = program.put_batch(ds.train_images[local], ds.train_labels[local])
             state, metrics = program.train_step(state, metrics, images, labels, jax.random.fold_in(key, step),
                                                 temperature, margin)
+            if phases["first_step_seconds"] is None:  # compilation, mostly: one host sync per process
+                first = time.time()
+                jax.block_until_ready(metrics)
+                phases["first_step_seconds"] = time.time() - first + (first - epoch_start)
             log.step(metrics, (i + 1) % cfg.log_every_steps == 0)
         train_metrics = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
         epoch_seconds.append(time.time() - epoch_start)
         done = epoch + 1
         log.epoch(done, cfg.epochs, epoch_seconds[-1], steps_per_epoch * cfg.data.batch_size, train_metrics)
         if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
+            eval_start = time.time()
             fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
             temperature, margin = member_values(min(fraction, 1.0))
-            tests = evaluate(program, state, ds.test_images, ds.test_labels, cfg, temperature, margin)
-            for k, (test, history) in enumerate(zip(tests, histories)):
+            # With a validation split, evaluations read it, and the test set is read once, at the end.
+            splits = {"val": validation} if validation is not None else {}
+            if validation is None or done == cfg.epochs:
+                splits["test"] = (ds.test_images, ds.test_labels)
+            results = {name: evaluate(program, state, *arrays, cfg, temperature, margin)
+                       for name, arrays in splits.items()}
+            phases["evaluation_seconds"] += time.time() - eval_start
+            for k, history in enumerate(histories):
                 row = {"epoch": done, "step": done * steps_per_epoch,
                        "temperature": float(np.atleast_1d(temperature)[k]),
                        "margin": float(np.atleast_1d(margin)[k]),
                        "train_loss": float(train_metrics["loss"][k] / train_metrics["count"][k]),
-                       "train_accuracy": float(train_metrics["correct"][k] / train_metrics["count"][k]),
-                       **{f"test_{name}": v for name, v in test.items()}}
+                       "train_accuracy": float(train_metrics["correct"][k] / train_metrics["count"][k])}
+                for name, per_member in results.items():
+                    row.update({f"{name}_{metric}": v for metric, v in per_member[k].items()})
                 history.append(row)
                 log.evaluation(row, done, cfg.epochs)
                 if writer:
@@ -506,10 +527,13 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     log.close()
     manager.wait_until_finished()
     manager.close()
-    return _write_summaries(cfgs, workdirs, histories, ds, program, elapsed(), epoch_seconds, steps_per_epoch)
+    phases["training_seconds"] = sum(epoch_seconds)
+    return _write_summaries(cfgs, workdirs, histories, ds, program, elapsed(), epoch_seconds, steps_per_epoch,
+                            phases)
 
 
-def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds, steps_per_epoch) -> list[dict]:
+def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds, steps_per_epoch,
+                     phases) -> list[dict]:
     """Each member's ``summary.json``: its final metrics, the cost of the run and where it ran."""
     # Throughput in steady state: the first epoch of a process pays for compilation. None when this
     # process trained nothing.
@@ -530,6 +554,8 @@ def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds
             "model": c.model.name,
             "epochs": c.epochs,
             "seed": c.seed,
+            "val_accuracy": final.get("val_accuracy"),  # None without a validation split
+            "val_loss": final.get("val_loss"),
             "test_accuracy": final["test_accuracy"],
             "test_loss": final["test_loss"],
             "test_ce": final["test_ce"],
@@ -546,6 +572,9 @@ def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds
             "wall_seconds": wall / len(cfgs),
             "population_wall_seconds": wall,
             "images_per_second": images_per_second,
+            # This process's phases: data load, first step (compilation, mostly), training (the epochs'
+            # steps, first step included) and evaluation.
+            "phases": {name: None if v is None else round(v, 3) for name, v in phases.items()},
             "devices": jax.device_count(),
             "backend": jax.default_backend(),
             "population": len(cfgs) if program.members else 1,
@@ -587,9 +616,10 @@ class ProgressLog:
                   flush=True)
 
     def evaluation(self, row, done, epochs) -> None:
+        splits = "".join(f" | {name} acc {row[name + '_accuracy']:.4f} ce {row[name + '_ce']:.4f}"
+                         for name in ("val", "test") if name + "_accuracy" in row)
         self.bar.write(f"epoch {done}/{epochs} τ={row['temperature']:.4g} m={row['margin']:.4g}: train loss "
-                       f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | test acc "
-                       f"{row['test_accuracy']:.4f} ce {row['test_ce']:.4f}")
+                       f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}{splits}")
 
     def close(self) -> None:
         self.bar.close()

@@ -313,3 +313,23 @@ def test_two_local_processes_train_like_one(tmp_path, tiny_data):
         assert two["loss"] == pytest.approx(single["test_loss"], rel=2e-2)
         assert abs(two["acc"] - single["test_accuracy"]) <= 0.03
     assert read_metrics(tmp_path / "two")[-1]["epoch"] == 2
+
+
+def test_validation_split_chooses_and_the_test_set_is_read_once(tmp_path, tiny_data):
+    c = tiny_config(name="softmax")
+    c.epochs = 3
+    c.data.validation = 100
+    summary = train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data)
+    rows = read_metrics(tmp_path)
+    assert [("val_accuracy" in r, "test_accuracy" in r) for r in rows] == [(True, False)] * 2 + [(True, True)]
+    assert summary["val_accuracy"] == rows[-1]["val_accuracy"] and summary["test_accuracy"] == rows[-1]["test_accuracy"]
+    assert set(summary["phases"]) == {"data_seconds", "first_step_seconds", "training_seconds", "evaluation_seconds"}
+
+    rest, (images, labels) = data.hold_out(tiny_data, 100)
+    assert len(labels) == 100 and len(rest.train_labels) == len(tiny_data.train_labels) - 100
+    counts, shares = np.bincount(labels, minlength=10), np.bincount(tiny_data.train_labels, minlength=10) / 512 * 100
+    assert np.all(np.abs(counts - shares) < 1)  # stratified: each class keeps its share
+    again = data.hold_out(tiny_data, 100)[1]
+    assert np.array_equal(again[0], images)  # the same images for every run
+    held = {img.tobytes() for img in images}
+    assert not any(img.tobytes() in held for img in rest.train_images)
