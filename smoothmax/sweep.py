@@ -13,8 +13,9 @@ writes
 the dataset by content, keys at their defaults and keys the run ignores left out). Its folder is the grid's
 readable name plus a short hash of that form, ``lse_t0.1_m0_linear-3fa9c2d1e0``: a rerun with
 ``--config.seed=1`` on a grid that does not set ``seed`` makes new folders beside the seed-0 ones, and a
-rerun with the same resolved configs finds its points again. Two points of one grid with the same form are an
-error. Every point is validated (:func:`smoothmax.config.validate_config`) before anything is read or
+rerun with the same resolved configs finds its points again. The hash alone is the identity: a point whose
+hash an existing folder carries uses that folder whatever its label, so a grid that reorders its keys or
+adds ``"seed": [0]`` keeps its finished points. Two points of one grid with the same form are an error. Every point is validated (:func:`smoothmax.config.validate_config`) before anything is read or
 written; the dataset's content hash is taken once per distinct ``data.name``/``data.path``.
 
 **Invocations.** ``sweep.json`` lists every distinct invocation (config, overrides, population mode, backend
@@ -228,6 +229,14 @@ def _train_group(group: list[dict], pending: list[dict], workdir: Path, mode: st
     return busy
 
 
+def adopt_folders(points: list[dict], workdir: Path) -> list[dict]:
+    """Name each point by the folder that already holds its hash, if any: the hash is the identity, the
+    label only reads well (a grid that reorders its keys or adds ``"seed": [0]`` keeps its finished points)."""
+    root = workdir / "points"
+    folders = {d.name.rpartition("-")[2]: d.name for d in root.iterdir()} if root.is_dir() else {}
+    return [{**p, "name": folders.get(p["hash"], p["name"])} for p in points]
+
+
 def _finished(workdir: Path, points: list[dict]) -> set[str]:
     return {p["name"] for p in points if (workdir / "points" / p["name"] / "summary.json").exists()}
 
@@ -238,7 +247,7 @@ def run_sweep(spec: str, workdir, *, shard: tuple[int, int] = (0, 1), mode: str 
     finished points."""
     workdir = Path(workdir)
     overrides = list(overrides)
-    points = load_sweep(spec, overrides)
+    points = adopt_folders(load_sweep(spec, overrides), workdir)
     mode = resolve_mode(mode)
     index, count = shard
     if jax.process_index() == 0:
@@ -265,5 +274,5 @@ def run_sweep(spec: str, workdir, *, shard: tuple[int, int] = (0, 1), mode: str 
              "canonical": p["form"]} for p in mine if p["name"] in finished]
 
 
-__all__ = ["MEMBER_KEYS", "load_sweep", "parse_shard", "point_label", "population_key", "population_plan",
+__all__ = ["MEMBER_KEYS", "adopt_folders", "load_sweep", "parse_shard", "point_label", "population_key", "population_plan",
            "populations", "product", "read_invocations", "record_invocation", "run_sweep"]
