@@ -71,7 +71,8 @@ def main():
     program = train.get_program(cfg, ds)
     state = (train.create_train_state(cfg, program.spec, ds.num_classes), train.zero_metrics())
     images, labels = data_lib.shard_batch(mesh, ds.train_images[: args.batch], ds.train_labels[: args.batch])
-    args_ = (images, labels, jax.random.key(0), np.float32(1.0), np.float32(0.0))
+    args_ = (images, labels, jax.random.key(0), np.float32(1.0), np.float32(0.0),
+             np.float32(cfg.optimizer.learning_rate))
     state = program.train_step(*state, *args_)
     jax.block_until_ready(state)
     steps = max(5, args.steps // 4)

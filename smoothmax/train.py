@@ -64,10 +64,15 @@ def loss_schedule(loss_cfg, progress: float) -> tuple[float, float]:
     return value("temperature"), value("margin")
 
 
-def learning_rate_schedule(cfg) -> optax.Schedule:
+def learning_rate_schedule(cfg, peak: float = 1.0) -> optax.Schedule:
+    """Warm-up from 0 to ``peak``, then cosine or linear decay to 0 at ``total_steps``.
+
+    The optimizer follows this shape at peak 1; the peak, ``optimizer.learning_rate``, multiplies its
+    updates inside the train step as a traced value, so that runs differing only in their learning rate
+    share one compiled step (and train as one population).
+    """
     total = cfg.total_steps
     warmup = max(1, int(cfg.optimizer.warmup_fraction * total))
-    peak = cfg.optimizer.learning_rate
     if cfg.optimizer.decay == "cosine":
         return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, total, end_value=0.0)
     if cfg.optimizer.decay == "linear":
@@ -79,6 +84,8 @@ def learning_rate_schedule(cfg) -> optax.Schedule:
 
 
 def make_optimizer(cfg) -> optax.GradientTransformation:
+    """The optimizer at learning rate 1 (see :func:`learning_rate_schedule`): its updates are scaled by the
+    learning rate afterwards, exactly as a peak of ``optimizer.learning_rate`` would scale them."""
     opt = cfg.optimizer
     lr = learning_rate_schedule(cfg)
     # Weight decay on kernels only: decaying BatchNorm scales and biases hurts small nets.
@@ -96,8 +103,9 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
 # --------------------------------------------------------------------------- state and steps
 
 # Keys that change a member's numbers but not its program: runs that differ only in these share one
-# compiled step (τ, m are traced scalars; the seed only sets initial weights).
-MEMBER_KEYS = ("seed", "loss.temperature", "loss.margin", "loss.final_temperature", "loss.final_margin")
+# compiled step (τ, m and the learning rate are traced scalars; the seed only sets initial weights).
+MEMBER_KEYS = ("seed", "loss.temperature", "loss.margin", "loss.final_temperature", "loss.final_margin",
+               "optimizer.learning_rate")
 
 
 def static_key(cfg) -> str:
@@ -158,7 +166,8 @@ def forward(spec: StepSpec, params, rest, images, training: bool):
     return logits, new_rest
 
 
-def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, temperature, margin):
+def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, temperature, margin,
+               learning_rate):
     """One SGD step of one member; ``metrics`` accumulates loss, correct and count on device."""
     if spec.augment:
         images = data_lib.augment(key, images.astype(jnp.float32))
@@ -170,6 +179,7 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, 
 
     (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
     updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
+    updates = jax.tree.map(lambda u: learning_rate * u, updates)
     state = state.replace(params=optax.apply_updates(state.params, updates), rest=new_rest,
                           opt_state=opt_state, step=state.step + 1)
     metrics = {
@@ -257,7 +267,7 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states
-        train = jax.vmap(train, in_axes=(0, 0, None, None, None, 0, 0))
+        train = jax.vmap(train, in_axes=(0, 0, None, None, None, 0, 0, 0))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None, 0, 0))
     mesh = data_lib.data_mesh()
     program = Program(spec, mesh, members, None, None, _splits_members(members))
@@ -470,8 +480,10 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     histories = [_read_metrics(w / "metrics.jsonl", start_epoch) for w in workdirs]
 
     def member_values(fraction):
-        values = np.array([loss_schedule(c.loss, fraction) for c in cfgs], np.float32)
-        return (values[:, 0], values[:, 1]) if vmapped else (values[0, 0], values[0, 1])
+        """(τ, m, learning rate) of every member at this point of training: arrays over a population."""
+        values = np.array([(*loss_schedule(c.loss, fraction), c.optimizer.learning_rate) for c in cfgs],
+                          np.float32)
+        return tuple(values.T) if vmapped else tuple(values[0])
 
     replicated = NamedSharding(program.mesh, PartitionSpec())
     key = jax.random.key(cfg.data.seed)
@@ -483,11 +495,11 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
         for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
                                                            cfg.data.seed, epoch)):
             step = epoch * steps_per_epoch + i
-            temperature, margin = member_values(step / max(1, total_steps - 1))
+            temperature, margin, learning_rate = member_values(step / max(1, total_steps - 1))
             local = data_lib.host_indices(idx)
             images, labels = program.put_batch(ds.train_images[local], ds.train_labels[local])
             state, metrics = program.train_step(state, metrics, images, labels, jax.random.fold_in(key, step),
-                                                temperature, margin)
+                                                temperature, margin, learning_rate)
             if phases["first_step_seconds"] is None:  # compilation, mostly: one host sync per process
                 first = time.time()
                 jax.block_until_ready(metrics)
@@ -500,7 +512,7 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
         if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
             eval_start = time.time()
             fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
-            temperature, margin = member_values(min(fraction, 1.0))
+            temperature, margin, _ = member_values(min(fraction, 1.0))
             # With a validation split, evaluations read it, and the test set is read once, at the end.
             splits = {"val": validation} if validation is not None else {}
             if validation is None or done == cfg.epochs:
