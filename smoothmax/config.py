@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 1000
     c.data.augment = True
     c.data.eval_flip = False  # test metrics on logits averaged over the image and its mirror
+    c.data.eval_train = False  # at the end, also evaluate the clean training set (no augmentation)
     # Training images held out for validation (stratified, the same for every run; 0 = none). With a
     # validation split, evaluations during training read it, and the test set is read once, at the end.
     c.data.validation = 0
@@ -257,6 +258,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.eval_batch_size", *_int_at_least(devices)),  # every device gets a row
         ("data.augment", *_BOOL),
         ("data.eval_flip", *_BOOL),
+        ("data.eval_train", *_BOOL),
         ("data.train_subset", *_int_at_least(0)),
         ("data.validation", *_int_at_least(0)),
         ("data.num_train", *_int_at_least(1)),

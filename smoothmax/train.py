@@ -34,6 +34,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
 from smoothmax import data as data_lib
+from smoothmax import metrics as metrics_lib
 from smoothmax.config import validate_config
 from smoothmax.files import atomic_write_text
 from smoothmax.identity import canonical, short_hash
@@ -191,29 +192,23 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, 
 
 
 def eval_step(spec: StepSpec, state: TrainState, images, labels, mask, temperature, margin):
-    """Sums of one member's evaluation metrics over the unmasked examples of a batch, and their margins."""
+    """One member's per-example outputs on a batch: logits, loss, logit and implicit margins, and the
+    participation ratio of the loss's gradient over the rivals (see :mod:`smoothmax.metrics`)."""
     logits, _ = forward(spec, state.params, state.rest, images, training=False)
     if spec.eval_flip:  # test-time augmentation: average the logits of the image and its mirror
         logits = 0.5 * (logits + forward(spec, state.params, state.rest, images[:, :, ::-1], training=False)[0])
-    safe_labels = jnp.where(mask, labels, 0)
-    w = mask.astype(jnp.float32)
-    loss, pullback = jax.vjp(
-        lambda z: spec.loss_fn(z, safe_labels, temperature=temperature, margin=margin), logits
-    )
-    # Gradient support: how many logits of an example receive a nonzero gradient.
-    (logit_grads,) = pullback(jnp.ones_like(loss))
-    support = jnp.sum(logit_grads != 0, axis=-1)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe_labels)
-    implicit = implicit_margin(logits, safe_labels, temperature=temperature)
+    labels = jnp.where(mask, labels, 0)  # padding rows: any valid label, dropped on the host
+    loss, pullback = jax.vjp(lambda z: spec.loss_fn(z, labels, temperature=temperature, margin=margin), logits)
+    (grads,) = pullback(jnp.ones_like(loss))
+    rivals = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), 0.0, grads)
+    l1, l2 = jnp.sum(jnp.abs(rivals), -1), jnp.sum(rivals * rivals, -1)
     return {
-        "loss": jnp.sum(loss * w),
-        "ce": jnp.sum(ce * w),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == safe_labels) * w),
-        "implicit_margin": jnp.sum(implicit * w),
-        "zero_loss": jnp.sum((loss == 0) * w),
-        "gradient_support": jnp.sum(support * w),
-        "count": jnp.sum(w),
-    }, logit_margin(logits, safe_labels)
+        "logits": logits,
+        "loss": loss,
+        "logit_margin": logit_margin(logits, labels),
+        "implicit_margin": implicit_margin(logits, labels, temperature=temperature),
+        "participation": jnp.where(l2 > 0, l1 * l1 / jnp.where(l2 > 0, l2, 1.0), 0.0),
+    }
 
 
 def zero_metrics(lead=()):
@@ -291,43 +286,23 @@ def get_program(cfg, dataset, members: int | None = None) -> Program:
     return _PROGRAMS[key]
 
 
-def _histogram(values: np.ndarray, bins: int = 60) -> dict:
-    counts, edges = np.histogram(values, bins=bins)
-    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
-
-
-def evaluate(program: Program, state: TrainState, images, labels, cfg, temperature, margin) -> list[dict]:
-    """Metrics of each member over every example of (images, labels), each example counted once."""
-    sums, margins = None, []
+def evaluate(program: Program, state: TrainState, images, labels, cfg, temperature, margin) -> list[tuple]:
+    """Each member's ``(metrics, logits)`` over every example of (images, labels), each counted once."""
+    outputs = []
     batch = cfg.data.eval_batch_size
     batch -= batch % len(program.mesh.devices.ravel())
     for idx, mask in data_lib.eval_batches(len(labels), batch):
         local = data_lib.host_indices(np.arange(len(idx)))
         x, y, m = program.put_batch(images[idx[local]], labels[idx[local]], mask[local])
-        out, batch_margins = program.eval_step(state, x, y, m, temperature, margin)
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-        margins.append(np.asarray(batch_margins)[..., mask])
-    sums = jax.device_get(sums)
-    margins = np.concatenate(margins, axis=-1)
+        out = jax.device_get(program.eval_step(state, x, y, m, temperature, margin))
+        outputs.append(jax.tree.map(lambda v: v[:, mask] if program.members else v[mask], out))
+    outputs = jax.tree.map(lambda *vs: np.concatenate(vs, axis=1 if program.members else 0), *outputs)
+    members = program.members or 1
     if program.members is None:
-        sums, margins = jax.tree.map(lambda x: x[None], sums), margins[None]
-    results = []
-    for k in range(len(margins)):
-        n = float(sums["count"][k])
-        results.append({
-            "accuracy": float(sums["correct"][k]) / n,
-            "loss": float(sums["loss"][k]) / n,
-            "ce": float(sums["ce"][k]) / n,
-            "implicit_margin_mean": float(sums["implicit_margin"][k]) / n,
-            "zero_loss_fraction": float(sums["zero_loss"][k]) / n,
-            "gradient_support_mean": float(sums["gradient_support"][k]) / n,
-            "logit_margin_mean": float(margins[k].mean()),
-            "logit_margin_histogram": _histogram(margins[k]),
-            "logit_margin_quantiles": {
-                str(q): float(np.quantile(margins[k], q)) for q in (0.05, 0.25, 0.5, 0.75, 0.95)
-            },
-        })
-    return results
+        outputs = jax.tree.map(lambda v: v[None], outputs)
+    taus = np.broadcast_to(np.asarray(temperature, np.float64), (members,))
+    return [(metrics_lib.split_metrics(jax.tree.map(lambda v: v[k], outputs), labels, float(taus[k])),
+             outputs["logits"][k]) for k in range(members)]
 
 
 # --------------------------------------------------------------------------- data and checkpoints
@@ -513,21 +488,15 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
             eval_start = time.time()
             fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
             temperature, margin, _ = member_values(min(fraction, 1.0))
-            # With a validation split, evaluations read it, and the test set is read once, at the end.
-            splits = {"val": validation} if validation is not None else {}
-            if validation is None or done == cfg.epochs:
-                splits["test"] = (ds.test_images, ds.test_labels)
-            results = {name: evaluate(program, state, *arrays, cfg, temperature, margin)
-                       for name, arrays in splits.items()}
+            rows = _evaluation_rows(program, state, cfg, ds, validation, done == cfg.epochs, temperature, margin)
             phases["evaluation_seconds"] += time.time() - eval_start
-            for k, history in enumerate(histories):
+            for k, (history, evaluated) in enumerate(zip(histories, rows)):
                 row = {"epoch": done, "step": done * steps_per_epoch,
                        "temperature": float(np.atleast_1d(temperature)[k]),
                        "margin": float(np.atleast_1d(margin)[k]),
                        "train_loss": float(train_metrics["loss"][k] / train_metrics["count"][k]),
-                       "train_accuracy": float(train_metrics["correct"][k] / train_metrics["count"][k])}
-                for name, per_member in results.items():
-                    row.update({f"{name}_{metric}": v for metric, v in per_member[k].items()})
+                       "train_accuracy": float(train_metrics["correct"][k] / train_metrics["count"][k]),
+                       **evaluated}
                 history.append(row)
                 log.evaluation(row, done, cfg.epochs)
                 if writer:
@@ -542,6 +511,30 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     phases["training_seconds"] = sum(epoch_seconds)
     return _write_summaries(cfgs, workdirs, histories, ds, program, elapsed(), epoch_seconds, steps_per_epoch,
                             phases)
+
+
+def _evaluation_rows(program, state, cfg, ds, validation, final: bool, temperature, margin) -> list[dict]:
+    """Each member's metrics of the splits this evaluation reads, as ``{split}_{metric}`` keys.
+
+    With a validation split, every evaluation reads it and the test set is read once, at the end; without
+    one, every evaluation reads the test set. At the end, ``data.eval_train`` adds the clean training set
+    (no augmentation, BatchNorm in eval mode), and a validation split adds calibration (a post-hoc
+    temperature fitted on validation, applied to test).
+    """
+    splits = {"val": validation} if validation is not None else {}
+    if validation is None or final:
+        splits["test"] = (ds.test_images, ds.test_labels)
+    if final and cfg.data.eval_train:
+        splits["clean_train"] = (ds.train_images, ds.train_labels)
+    results = {name: evaluate(program, state, *arrays, cfg, temperature, margin) for name, arrays in splits.items()}
+    rows = []
+    for k in range(program.members or 1):
+        row = {f"{name}_{metric}": value for name, members in results.items() for metric, value in members[k][0].items()}
+        if "val" in results and "test" in results:
+            row.update(metrics_lib.calibration(results["val"][k][1], validation[1], results["test"][k][1],
+                                               ds.test_labels))
+        rows.append(row)
+    return rows
 
 
 def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds, steps_per_epoch,
@@ -566,20 +559,22 @@ def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds
             "model": c.model.name,
             "epochs": c.epochs,
             "seed": c.seed,
-            "val_accuracy": final.get("val_accuracy"),  # None without a validation split
-            "val_loss": final.get("val_loss"),
             "test_accuracy": final["test_accuracy"],
             "test_loss": final["test_loss"],
             "test_ce": final["test_ce"],
-            "train_accuracy": final["train_accuracy"],
+            "val_accuracy": final.get("val_accuracy"),  # None without a validation split
+            "train_accuracy": final["train_accuracy"],  # running means over the last epoch's batches
             "train_loss": final["train_loss"],
+            # The test split's margins and gradient (the clean training set's under clean_train_*).
             "logit_margin_mean": final["test_logit_margin_mean"],
             "logit_margin_quantiles": final["test_logit_margin_quantiles"],
+            "logit_margin_histogram": final["test_logit_margin_histogram"],
             "implicit_margin_mean": final["test_implicit_margin_mean"],
             "implicit_margin_bound": float(implicit_margin_bound(ds.num_classes, final["temperature"])),
             "zero_loss_fraction": final["test_zero_loss_fraction"],
-            "gradient_support_mean": final["test_gradient_support_mean"],
-            "logit_margin_histogram": final["test_logit_margin_histogram"],
+            "gradient_participation": final["test_gradient_participation"],
+            # Every metric of the final evaluation: val_*, test_*, clean_train_*, calibration.
+            "final": {k: v for k, v in final.items() if k not in ("epoch", "step")},
             # Summed over every process that trained the run; a population's members share its time.
             "wall_seconds": wall / len(cfgs),
             "population_wall_seconds": wall,

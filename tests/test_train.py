@@ -333,3 +333,19 @@ def test_validation_split_chooses_and_the_test_set_is_read_once(tmp_path, tiny_d
     assert np.array_equal(again[0], images)  # the same images for every run
     held = {img.tobytes() for img in images}
     assert not any(img.tobytes() in held for img in rest.train_images)
+
+
+def test_final_evaluation_measures_the_clean_training_set_and_calibration(tmp_path, tiny_data):
+    c = tiny_config(name="lse", temperature=0.5)
+    c.data.validation = 100
+    c.data.eval_train = True
+    summary = train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data)
+    final = summary["final"]
+    for split in ("val", "test", "clean_train"):
+        assert 0 <= final[f"{split}_accuracy"] <= 1
+        assert final[f"{split}_logit_margin_over_tau_mean"] == pytest.approx(final[f"{split}_logit_margin_mean"] / 0.5)
+        assert 1 <= final[f"{split}_gradient_participation"] <= 9  # between one rival and all C - 1
+    assert final["posthoc_temperature"] > 0
+    assert final["calibrated_test_nll"] <= final["test_ce"] + 0.05  # fitted on val, applied to test
+    assert 0 <= final["test_ece"] <= 1 and 0 <= final["calibrated_test_ece"] <= 1
+    assert "clean_train_accuracy" not in read_metrics(tmp_path)[0]  # the training set is read at the end only
