@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
     # Optional linear schedules over training: τ moves from temperature to final_temperature.
     c.loss.final_temperature = ml_collections.FieldReference(None, field_type=float)
     c.loss.final_margin = ml_collections.FieldReference(None, field_type=float)
+    # Learn τ (as log τ, from loss.temperature) by minimising L/τ, as NormFace learns its scale: cosine head,
+    # lse or softmax, no τ schedule.
+    c.loss.learn_temperature = False
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw
@@ -277,6 +280,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("loss.margin", *_FINITE),
         ("loss.final_temperature", *_optional(_NONNEGATIVE)),
         ("loss.final_margin", *_optional(_FINITE)),
+        ("loss.learn_temperature", *_BOOL),
         ("optimizer.name", *_one_of("sgd", "adamw")),
         ("optimizer.learning_rate", *_POSITIVE),
         ("optimizer.momentum", *_FRACTION),
@@ -285,6 +289,14 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("optimizer.warmup_fraction", *_FRACTION),
         ("optimizer.decay", *_one_of("linear", "cosine")),
     ]
+    if _lookup(cfg, "loss.learn_temperature") is True:
+        why = "when loss.learn_temperature is set"
+        rules += [
+            ("loss.name", lambda v: v != "hard", f"lse or softmax {why} (hard has no temperature)"),
+            ("loss.temperature", lambda v: v > 0, f"> 0 {why} (it is the learned τ's start)"),
+            ("loss.final_temperature", lambda v: v is None, f"None {why} (τ is learned, not scheduled)"),
+            ("model.head", lambda v: v == "cosine", f"cosine {why} (a linear head scales its logits itself)"),
+        ]
     size = _train_size(cfg)
     if size is not None:
         rules.append(("data.batch_size", lambda v: v <= size, f"at most the {size} training examples"))

@@ -129,7 +129,7 @@ class TrainState:
     (it travels with the checkpoint, so a killed and resumed run still reports its whole cost).
     """
 
-    params: Any
+    params: Any  # {"model": the network's parameters, "log_temperature": log τ when τ is learned}
     rest: Any  # BatchNorm statistics and other non-parameter variables
     opt_state: Any
     step: jax.Array
@@ -147,13 +147,22 @@ class StepSpec:
     std: np.ndarray
     augment: bool
     eval_flip: bool
+    learn_temperature: bool
 
 
 def create_train_state(cfg, spec: StepSpec, num_classes: int) -> TrainState:
     """Parameters, BatchNorm statistics and optimizer state of a fresh model seeded by ``cfg.seed``."""
-    _, params, rest = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+    _, model, rest = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+    params = {"model": model}
+    if spec.learn_temperature:
+        params["log_temperature"] = jnp.log(jnp.asarray(cfg.loss.temperature, jnp.float32))
     return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32),
                       jnp.zeros((), jnp.float32))
+
+
+def temperature_of(spec: StepSpec, params, temperature):
+    """τ of a step: learned (``exp(log τ)``, NormFace) or the schedule's."""
+    return jnp.exp(params["log_temperature"]) if spec.learn_temperature else temperature
 
 
 def forward(spec: StepSpec, params, rest, images, training: bool):
@@ -173,12 +182,15 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, 
     if spec.augment:
         images = data_lib.augment(key, images.astype(jnp.float32))
 
-    def loss_of(params):
-        logits, new_rest = forward(spec, params, state.rest, images, training=True)
-        losses = spec.loss_fn(logits, labels, temperature=temperature, margin=margin)
-        return jnp.mean(losses), (logits, new_rest)
+    def objective_of(params):
+        logits, new_rest = forward(spec, params["model"], state.rest, images, training=True)
+        tau = temperature_of(spec, params, temperature)
+        loss = jnp.mean(spec.loss_fn(logits, labels, temperature=tau, margin=margin))
+        # A learned τ minimises L/τ (the cross-entropy of z/τ for softmax, as NormFace learns its scale):
+        # L itself grows with τ, so minimising it would drive τ to 0.
+        return (loss / tau if spec.learn_temperature else loss), (loss, logits, new_rest)
 
-    (loss, (logits, new_rest)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    (_, (loss, logits, new_rest)), grads = jax.value_and_grad(objective_of, has_aux=True)(state.params)
     updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: learning_rate * u, updates)
     state = state.replace(params=optax.apply_updates(state.params, updates), rest=new_rest,
@@ -194,9 +206,11 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, 
 def eval_step(spec: StepSpec, state: TrainState, images, labels, mask, temperature, margin):
     """One member's per-example outputs on a batch: logits, loss, logit and implicit margins, and the
     participation ratio of the loss's gradient over the rivals (see :mod:`smoothmax.metrics`)."""
-    logits, _ = forward(spec, state.params, state.rest, images, training=False)
+    model = state.params["model"]
+    logits, _ = forward(spec, model, state.rest, images, training=False)
     if spec.eval_flip:  # test-time augmentation: average the logits of the image and its mirror
-        logits = 0.5 * (logits + forward(spec, state.params, state.rest, images[:, :, ::-1], training=False)[0])
+        logits = 0.5 * (logits + forward(spec, model, state.rest, images[:, :, ::-1], training=False)[0])
+    temperature = temperature_of(spec, state.params, temperature)
     labels = jnp.where(mask, labels, 0)  # padding rows: any valid label, dropped on the host
     loss, pullback = jax.vjp(lambda z: spec.loss_fn(z, labels, temperature=temperature, margin=margin), logits)
     (grads,) = pullback(jnp.ones_like(loss))
@@ -258,7 +272,7 @@ def _splits_members(members: int | None) -> bool:
 def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
     graphdef, _, _ = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
     spec = StepSpec(graphdef, make_optimizer(cfg), objective(cfg.loss.name), mean, std,
-                    bool(cfg.data.augment), bool(cfg.data.eval_flip))
+                    bool(cfg.data.augment), bool(cfg.data.eval_flip), bool(cfg.loss.learn_temperature))
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states
@@ -488,6 +502,8 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
             eval_start = time.time()
             fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
             temperature, margin, _ = member_values(min(fraction, 1.0))
+            if program.spec.learn_temperature:  # logged over training, and the margins' unit
+                temperature = np.exp(jax.device_get(state.params["log_temperature"]))
             rows = _evaluation_rows(program, state, cfg, ds, validation, done == cfg.epochs, temperature, margin)
             phases["evaluation_seconds"] += time.time() - eval_start
             for k, (history, evaluated) in enumerate(zip(histories, rows)):

@@ -349,3 +349,32 @@ def test_final_evaluation_measures_the_clean_training_set_and_calibration(tmp_pa
     assert final["calibrated_test_nll"] <= final["test_ce"] + 0.05  # fitted on val, applied to test
     assert 0 <= final["test_ece"] <= 1 and 0 <= final["calibrated_test_ece"] <= 1
     assert "clean_train_accuracy" not in read_metrics(tmp_path)[0]  # the training set is read at the end only
+
+
+def test_learned_temperature_moves_and_is_logged(tmp_path, tiny_data):
+    c = tiny_config(name="softmax", temperature=1.0)
+    c.model.head = "cosine"
+    c.loss.learn_temperature = True
+    c.optimizer.learning_rate = 0.2
+    summary = train.train_and_evaluate(c, tmp_path, progress=False, dataset=tiny_data)
+    taus = [r["temperature"] for r in read_metrics(tmp_path)]
+    # Minimising L/τ on bounded cosine logits sharpens: τ falls from 1 (NormFace's scale grows).
+    assert taus[0] < 1.0 and taus[-1] < taus[0] and summary["final_temperature"] == taus[-1]
+
+
+@pytest.mark.parametrize("key,value", [("loss.name", "hard"), ("model.head", "linear"),
+                                        ("loss.final_temperature", 0.1)])
+def test_learned_temperature_refuses_what_it_cannot_learn(key, value):
+    from smoothmax.config import ConfigError, validate_config
+
+    c = tiny_config(name="softmax")
+    c.model.head = "cosine"
+    c.loss.learn_temperature = True
+    validate_config(c)
+    *parents, leaf = key.split(".")
+    node = c
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate_config(c)
