@@ -21,6 +21,7 @@ Figures (each titled and labelled):
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -97,12 +98,6 @@ def normface_floor(num_classes: int, temperature: float) -> float:
     """NormFace's bound with scale s = 1/τ, times τ: ``τ·log(1 + (C−1)·exp(−C/((C−1)·τ)))``."""
     c = num_classes
     return temperature * math.log1p((c - 1) * math.exp(-c / ((c - 1) * temperature)))
-
-
-def _label(r) -> str:
-    if r["objective"] == "hard":
-        return f"hard m={r['margin']:g}"
-    return f"{r['objective']}" + (f" m={r['margin']:g}" if r["margin"] else "")
 
 
 def t_interval(values) -> float:
@@ -387,9 +382,11 @@ def write_report(workdir) -> Path:
     plot_gradient_support(rows, figures / "gradient_support.png")
     has_cosine = plot_cosine_floor(rows, figures / "cosine_floor.png")
 
-    columns = list(rows[0])
-    csv = ",".join(columns) + "\n" + "".join(",".join(str(r[c]) for c in columns) + "\n" for r in rows)
-    atomic_write_text(workdir / "results.csv", csv)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")  # axes may hold commas
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(workdir / "results.csv", table.getvalue())
     first = results[0]
     cfg = first["config"]
     lines = [

@@ -15,8 +15,9 @@ readable name plus a short hash of that form, ``lse_t0.1_m0_linear-3fa9c2d1e0``:
 ``--config.seed=1`` on a grid that does not set ``seed`` makes new folders beside the seed-0 ones, and a
 rerun with the same resolved configs finds its points again. The hash alone is the identity: a point whose
 hash an existing folder carries uses that folder whatever its label, so a grid that reorders its keys or
-adds ``"seed": [0]`` keeps its finished points. Two points of one grid with the same form are an error. Every point is validated (:func:`smoothmax.config.validate_config`) before anything is read or
-written; the dataset's content hash is taken once per distinct ``data.name``/``data.path``.
+adds ``"seed": [0]`` keeps its finished points. Two points of one grid with the same form are an error.
+Every point is validated (:func:`smoothmax.config.validate_config`) before anything is read or written; the
+dataset's content hash is taken once per distinct ``data.name``/``data.path``.
 
 **Invocations.** ``sweep.json`` lists every distinct invocation (config, overrides, population mode, backend
 and all its points with their overrides and hash); a rerun of the same command adds nothing. It is
@@ -274,5 +275,5 @@ def run_sweep(spec: str, workdir, *, shard: tuple[int, int] = (0, 1), mode: str 
              "canonical": p["form"]} for p in mine if p["name"] in finished]
 
 
-__all__ = ["MEMBER_KEYS", "adopt_folders", "load_sweep", "parse_shard", "point_label", "population_key", "population_plan",
-           "populations", "product", "read_invocations", "record_invocation", "run_sweep"]
+__all__ = ["MEMBER_KEYS", "adopt_folders", "load_sweep", "parse_shard", "point_label", "population_key",
+           "population_plan", "populations", "product", "read_invocations", "record_invocation", "run_sweep"]
