@@ -89,7 +89,7 @@ def main(argv=None) -> int:
             summaries = run_sweep(args.config, args.workdir, shard=shard, mode=args.population,
                                   overrides=overrides, progress=args.progress)
             print(markdown_table(summary_table(summaries)))
-            if shard[1] == 1:
+            if shard[1] == 1 and summaries:  # none finished: every point was busy in another process
                 print(f"report: {write_report(args.workdir)}")
         elif args.command == "report":
             from smoothmax.report import write_report
