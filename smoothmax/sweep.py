@@ -29,8 +29,8 @@ process holds the point folder's lock (the workdir claim, :mod:`smoothmax.workdi
 reaches the same point (a requeued task, the same shard started twice) skips it and says so. The lock is a
 ``flock``, which dies with its holder, so a task requeued after a SIGKILL resumes the point at once.
 
-**Populations.** Points of a shard that differ only in :data:`~smoothmax.train.MEMBER_KEYS` (τ, m, seed)
-form a group: one data stream and one compiled program train them. How depends on the backend
+**Populations.** Points of a shard that differ only in :data:`~smoothmax.train.MEMBER_KEYS` (τ, m, seed,
+learning rate) form a group: one data stream and one compiled program train them. How depends on the backend
 (``mode="auto"``): on GPU/TPU the step is ``vmap``ped over the members' stacked states (a small model
 leaves an accelerator idle, so K members cost little more than one); on CPU, where a ``vmap`` over conv nets
 runs ~3x slower than the same members one after another, members run in turn through the same compiled
