@@ -66,7 +66,8 @@ def main():
 
         acc_diff = loss_diff = 0.0
         for t in TEMPERATURES:
-            a = json.loads((tmp / "sweep" / "points" / f"t{t:g}" / "summary.json").read_text())
+            (point,) = (tmp / "sweep" / "points").glob(f"t{t:g}-*")  # grid label, then the config's hash
+            a = json.loads((point / "summary.json").read_text())
             b = json.loads((tmp / f"train-{t:g}" / "summary.json").read_text())
             acc_diff = max(acc_diff, abs(a["test_accuracy"] - b["test_accuracy"]))
             loss_diff = max(loss_diff, abs(a["test_loss"] - b["test_loss"]))

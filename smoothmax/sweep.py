@@ -234,7 +234,7 @@ def adopt_folders(points: list[dict], workdir: Path) -> list[dict]:
     """Name each point by the folder that already holds its hash, if any: the hash is the identity, the
     label only reads well (a grid that reorders its keys or adds ``"seed": [0]`` keeps its finished points)."""
     root = workdir / "points"
-    folders = {d.name.rpartition("-")[2]: d.name for d in root.iterdir()} if root.is_dir() else {}
+    folders = {d.name.rpartition("-")[2]: d.name for d in sorted(root.iterdir())} if root.is_dir() else {}
     return [{**p, "name": folders.get(p["hash"], p["name"])} for p in points]
 
 
