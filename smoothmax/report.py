@@ -15,7 +15,7 @@ Figures (each titled and labelled):
   logit_margins.png             test logit-margin histograms per objective
   implicit_margin.png           measured implicit margin against its bound τ·log(C−1)
   loss_shapes.png               the family's loss against z_y − max rival, for several τ
-  gradient_support.png          classes receiving gradient per test example, per objective
+  gradient_support.png          rivals sharing each test example's gradient (participation ratio), per objective
   cosine_floor.png              cosine head: final training loss against τ beside NormFace's bound
 """
 
@@ -121,7 +121,7 @@ def _axes(results) -> dict:
 
 
 MEAN_COLUMNS = ("test_ce", "logit_margin_mean", "implicit_margin_mean", "implicit_margin_bound", "zero_loss_fraction",
-                "gradient_support_mean", "train_loss")
+                "gradient_participation", "train_loss")
 
 
 def summary_table(results) -> list[dict]:
@@ -153,14 +153,14 @@ def markdown_table(rows) -> str:
     other = any(r["axes"] for r in rows)
     head = ("| objective | τ | m | head |" + (" other axes |" if other else "")
             + " test acc (mean ± 95 % t-interval over seeds) | test CE | logit margin | implicit margin "
-            "| bound τ·log(C−1) | zero-loss frac | grad support |\n|"
+            "| bound τ·log(C−1) | zero-loss frac | grad participation |\n|"
             + "---|" * (11 + other) + "\n")
     lines = [
         f"| {r['objective']} | {r['temperature']:g} | {r['margin']:g} | {r['head']} | "
         + (f"{r['axes']} | " if other else "")
         + f"{_accuracy_text(r)} | {r['test_ce']:.3f} | {r['logit_margin_mean']:.3f} | "
         f"{r['implicit_margin_mean']:.4f} | {r['implicit_margin_bound']:.4f} | {r['zero_loss_fraction']:.3f} | "
-        f"{r['gradient_support_mean']:.2f} |"
+        f"{r['gradient_participation']:.2f} |"
         for r in rows
     ]
     return head + "\n".join(lines) + "\n"
@@ -194,7 +194,8 @@ def plot_accuracy_vs_temperature(rows, out: Path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     panels[0][0].set_ylabel("test accuracy (%)")
-    fig.suptitle("Test accuracy against temperature")
+    fig.suptitle("Test accuracy against temperature" + (" (bars: 95 % t-interval over seeds)"
+                                                         if any(r["n"] > 1 for r in rows) else ""))
     _save(fig, out)
 
 
@@ -317,12 +318,12 @@ def plot_gradient_support(rows, out: Path):
     fig, panels = _head_panels(rows, sharey=True)
     for ax, head, here in panels:
         labels = [f"{r['objective']}\nτ={r['temperature']:g} m={r['margin']:g}" for r in here]
-        ax.bar(range(len(here)), [r["gradient_support_mean"] for r in here],
+        ax.bar(range(len(here)), [r["gradient_participation"] for r in here],
                color=[OBJECTIVE_COLORS[r["objective"]] for r in here])
         ax.set_xticks(range(len(here)), labels, rotation=90, fontsize=7)
-        ax.set(title=f"{head} head", ylabel="logits with nonzero gradient per test example (mean)")
+        ax.set(title=f"{head} head", ylabel="participation ratio (Σ|g|)²/Σg² over rivals (test mean)")
         ax.grid(alpha=0.3, axis="y")
-    fig.suptitle("Gradient support: how many classes each example's loss pushes")
+    fig.suptitle("Gradient participation: how many rivals share each example's gradient")
     _save(fig, out)
 
 
