@@ -209,15 +209,16 @@ def test_population_folder_is_keyed_by_the_whole_group(tmp_path):
     assert len(before) == 3
     sweep.run_sweep(cfg, work, mode="vmap", progress=False)  # all finished: nothing trains
     assert summaries_of(work) == before
-    # The grid grows by two points of the same population: they train as their own, the rest is kept
-    # (τ = 0.3, relabelled "t0.3" as its grid no longer names the objective, keeps its folder).
-    cfg = write_sweep_config(tmp_path, grid=SMALL_GRID + ' + product({"loss.temperature": [0.3, 3.0, 0.03]})')
+    # The grid grows by three points of the same population: they train as their own (three members: the
+    # compiled program is reused), the rest is kept (τ = 0.3, relabelled "t0.3" as its grid no longer names
+    # the objective, keeps its folder).
+    cfg = write_sweep_config(tmp_path, grid=SMALL_GRID + ' + product({"loss.temperature": [0.3, 3.0, 0.03, 10.0]})')
     new = [p for p in sweep.load_sweep(cfg) if p["hash"] not in {p["hash"] for p in group}]
-    assert len(new) == 2
+    assert len(new) == 3
     sweep.run_sweep(cfg, work, mode="vmap", progress=False)
     assert sorted(p.name for p in (work / "populations").iterdir()) == sorted([key, sweep.population_key(new)])
     assert {k: v for k, v in summaries_of(work).items() if k in before} == before
-    assert len(summaries_of(work)) == 5
+    assert len(summaries_of(work)) == 6
 
 
 def test_population_matches_sequential_runs(tmp_path):
