@@ -10,26 +10,43 @@ The family smooths the two maxima of that objective, each with its own temperatu
 Members: ``hard`` (τm = τr = 0), ``lse`` (τm = τ, τr = 0) and ``softmax`` (τm = τr = τ), which at τ = 1,
 m = 0 is softmax cross-entropy.
 
-Conventions shared by every loss here:
+Conventions shared by every loss here (the arguments are optax's
+``softmax_cross_entropy_with_integer_labels(logits, labels, axis=-1, where=None)``, plus τ and m):
 
-* logits ``[..., C]`` (any float dtype; bf16/fp16 are computed in float32), integer labels ``[...]``;
-  the loss comes back per example, shape ``labels.shape``, float32 (float64 for float64 logits).
+* logits of any float dtype (bf16/fp16 are computed in float32) with the classes on ``axis`` (an int or a
+  tuple of axes; with a tuple a label is a flat index into the ``logits[axis]`` slice, row-major in the
+  order given), integer labels of the remaining shape; the loss comes back per example, shape
+  ``labels.shape``, float32 (float64 for float64 logits).
+* ``where`` is either batch-shaped, an example mask (a masked example's loss and gradient are 0 and its
+  label is not checked), or logits-shaped, a class mask: a masked rival is exactly a ``-inf`` logit, for
+  every member. A masked target is still the target: the mask removes rivals only, so the loss stays
+  ``≥ 0`` and τ → 0 still tends to the hard member. (optax also keeps a masked target's logit but leaves it
+  out of its normaliser, so its value can go negative there; with the target unmasked, the softmax member
+  at τ = 1, m = 0 is optax's cross-entropy, masks included.)
 * temperature and margin are Python numbers or arrays broadcasting against ``labels.shape``. They are
-  traced values: changing them never recompiles a jitted caller, and τ = 0 is exact, with finite
-  gradients, also inside a ``vmap`` over temperatures.
+  traced values: changing them never recompiles, and τ = 0 is exact, with finite gradients, also inside
+  a ``vmap`` over temperatures. An eager call compiles once per shape and dtype, then runs as one call.
 * gradients come from hand-written JVP rules (one pass for the value, one for the gradient), so they are
   exact at τ = 0: the hard subgradient puts exactly one +1 (on the strongest rival, first index on ties)
-  and one −1 (on the target) on each example whose loss is positive.
-* a ``-inf`` rival has no effect, a ``-inf`` target gives ``+inf`` and NaN propagates.
-* with concrete inputs, bad labels (out of ``[0, C)``, wrong shape, not integer), ``C < 2`` and negative or
-  NaN temperatures raise ``ValueError``. Under ``jit`` the values cannot be checked: an out-of-range label
-  gives NaN for that example (in its value and its gradient), never a plausible finite number.
+  and one −1 (on the target) on each example whose loss is positive. Forward and reverse mode, to any
+  order, in the logits, τ and m.
+* a ``-inf`` rival has no effect, a ``-inf`` target gives ``+inf``, and a NaN logit gives NaN in its
+  example's loss and gradient. Finite input passes under ``jax.debug_nans`` and ``jax.debug_infs``.
+* with concrete inputs, bad labels (out of ``[0, C)``, wrong shape, not integer), ``C < 2``, bad axes or
+  masks and negative or NaN temperatures raise ``ValueError``. Under ``jit`` the label values cannot be
+  checked: an out-of-range label gives NaN for that example (value and gradient), never a plausible number.
+
+No label smoothing: it mixes the targets linearly, which is a property of cross-entropy (the softmax
+member at m = 0), not of the family. For lse and hard a mixture of targets is not a smoothed target (the
+margin and the rival max are taken per target), and for m ≠ 0 it changes the loss's minimiser. Whoever
+wants it for softmax can mix ``softmax_loss`` values with a uniform-target term themselves.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+import operator
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,31 +92,84 @@ def check_temperature(temperature, name: str = "temperature") -> None:
         raise ValueError(f"{name} must be >= 0, got {t[t < 0].ravel()[0]:g}")
 
 
-def check_logits_labels(logits, labels) -> tuple[jax.Array, jax.Array]:
-    """Validate shapes and dtypes (always) and label values (when concrete); return JAX arrays."""
+def class_axes(axis, ndim: int) -> tuple[int, ...]:
+    """``axis`` (an int or a tuple of ints) as non-negative axes of an ``ndim``-dimensional array."""
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else axis
+    if not isinstance(axes, tuple) or not axes or not all(isinstance(a, (int, np.integer)) for a in axes):
+        raise ValueError(f"axis must be an int or a non-empty tuple of ints, got {axis!r}")
+    if any(not -ndim <= a < ndim for a in axes):
+        raise ValueError(f"axis {axis!r} is out of range for logits with {ndim} dimensions")
+    axes = tuple(int(a) % ndim for a in axes)
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis {axis!r} repeats an axis")
+    return axes
+
+
+def check_logits_labels(logits, labels, axis=-1, example_mask=None):
+    """Validate shapes and dtypes (always) and label values (when concrete; masked examples are skipped).
+
+    Returns the logits and labels as arrays and the class axes.
+    """
     logits = jnp.asarray(logits)
     labels = jnp.asarray(labels)
     if logits.ndim < 1:
         raise ValueError("logits must have a class axis: shape [..., C], got a scalar")
-    num_classes = logits.shape[-1]
+    axes = class_axes(axis, logits.ndim)
+    num_classes = int(np.prod([logits.shape[a] for a in axes]))
     if num_classes < 2:
         raise ValueError(f"logits need at least 2 classes (C >= 2), got C = {num_classes}")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    if labels.shape != logits.shape[:-1]:
+    batch_shape = tuple(n for a, n in enumerate(logits.shape) if a not in axes)
+    if labels.shape != batch_shape:
         raise ValueError(
             f"labels shape {labels.shape} does not match logits shape {logits.shape}: "
-            f"expected labels of shape {logits.shape[:-1]}"
+            f"expected labels of shape {batch_shape}"
         )
-    if _is_concrete(labels) and labels.size:
-        lab = np.asarray(labels)
-        bad = (lab < 0) | (lab >= num_classes)
-        if bad.any():
-            raise ValueError(
-                f"labels must lie in [0, {num_classes}) for C = {num_classes} classes; "
-                f"got {int(lab[bad].ravel()[0])} ({int(bad.sum())} bad labels)"
-            )
-    return logits, labels
+    if example_mask is not None:
+        example_mask = jnp.broadcast_to(example_mask, batch_shape)
+    _check_label_values(labels, num_classes, example_mask)
+    return logits, labels, axes
+
+
+def _check_label_values(labels, num_classes, example_mask) -> None:
+    """Raise ValueError for a concrete label outside ``[0, C)`` (masked examples are not checked)."""
+    if not (_is_concrete(labels) and labels.size) or not (example_mask is None or _is_concrete(example_mask)):
+        return
+    lab = np.asarray(labels)
+    bad = (lab < 0) | (lab >= num_classes)
+    if example_mask is not None:
+        bad &= np.asarray(example_mask)
+    if bad.any():
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for C = {num_classes} classes; "
+            f"got {int(lab[bad].ravel()[0])} ({int(bad.sum())} bad labels)"
+        )
+
+
+def _check_where(where, logits_shape, batch_shape):
+    """``where`` as a bool array, or None; raise ValueError if it is neither logits- nor batch-shaped."""
+    if where is None:
+        return None
+    where = jnp.asarray(where)
+    if where.dtype != jnp.bool_:
+        raise ValueError(f"where must be a boolean mask, got dtype {where.dtype}")
+    for shape in (logits_shape, batch_shape):
+        if where.ndim == len(shape) and all(w in (1, n) for w, n in zip(where.shape, shape)):
+            return where
+    raise ValueError(
+        f"where of shape {where.shape} is neither a class mask (logits shape {logits_shape}) "
+        f"nor an example mask (batch shape {batch_shape})"
+    )
+
+
+def _classes_last(x, axes):
+    """``x`` with the class axes moved to the end, in the order given, and flattened into one."""
+    batch = [a for a in range(x.ndim) if a not in axes]
+    if tuple(axes) == (x.ndim - 1,):
+        return x
+    x = jnp.transpose(x, (*batch, *axes))
+    return x.reshape(*x.shape[: len(batch)], -1)
 
 
 def _per_example(value, shape, dtype, name) -> jax.Array:
@@ -116,28 +186,45 @@ def _per_example(value, shape, dtype, name) -> jax.Array:
 # --------------------------------------------------------------------------- smooth maxima
 
 
-def smooth_max(x, temperature=1.0, axis: int = -1) -> jax.Array:
+def smooth_max(x, temperature=1.0, axis=-1, where=None, keepdims: bool = False) -> jax.Array:
     """Smooth maximum ``τ·log Σ_i exp(x_i/τ)`` along ``axis``; exactly ``max(x)`` at ``τ = 0``.
 
     Bounds: ``max x ≤ smooth_max_τ(x) ≤ max x + τ·log n`` for ``n`` entries, with the upper bound reached
-    when all entries tie. ``temperature`` broadcasts against the reduced shape. ``-inf`` entries are
-    ignored; the result is ``-inf`` only if every entry is.
+    when all entries tie. ``axis`` is an int or a tuple; ``where`` (broadcasting against ``x``) leaves
+    entries out, as a ``-inf`` entry; ``keepdims`` as in ``jax.nn.logsumexp``. ``temperature``
+    broadcasts against the reduced shape. The result is ``-inf`` where no entry is left (also over an
+    empty axis), as for ``logsumexp``.
     """
     check_temperature(temperature)
     x = jnp.asarray(x)
+    if x.ndim == 0:
+        raise ValueError("smooth_max needs an array with at least one axis, got a scalar")
+    axes = class_axes(axis, x.ndim)
+    if where is not None:
+        where = jnp.asarray(where)
+        try:
+            jnp.broadcast_shapes(where.shape, x.shape)
+        except ValueError:
+            raise ValueError(f"where of shape {where.shape} does not broadcast against x of shape {x.shape}") from None
+    return _smooth_max(x, temperature, where, axes=axes, keepdims=keepdims)
+
+
+@functools.partial(jax.jit, static_argnames=("axes", "keepdims"))
+def _smooth_max(x, temperature, where, *, axes, keepdims):
     x = x.astype(compute_dtype(x.dtype))
-    tau = jnp.asarray(temperature, x.dtype)
-    peak = jnp.max(x, axis=axis)
-    tau = jnp.broadcast_to(tau, jnp.broadcast_shapes(tau.shape, peak.shape))
+    if where is not None:
+        x = jnp.where(where, x, -jnp.inf)
+    peak = jnp.max(x, axis=axes, keepdims=True, initial=-jnp.inf)
+    reduced_shape = tuple(1 if a in axes else n for a, n in enumerate(x.shape))
+    tau = jnp.broadcast_to(jnp.asarray(temperature, x.dtype), jnp.squeeze(peak, axes).shape)
+    tau = tau.reshape(reduced_shape)
     smooth = tau > 0
     safe_tau = jnp.where(smooth, tau, 1.0)
     # Shift by a finite peak so that exp never overflows and an all -inf row gives log(0) = -inf.
     shift = lax.stop_gradient(jnp.where(jnp.isfinite(peak), peak, 0.0))
-    total = jnp.sum(
-        jnp.exp((x - jnp.expand_dims(shift, axis)) / jnp.expand_dims(safe_tau, axis)), axis=axis
-    )
-    smooth_value = shift + safe_tau * jnp.log(total)
-    return jnp.where(smooth, smooth_value, peak)
+    total = jnp.sum(jnp.exp((x - shift) / safe_tau), axis=axes, keepdims=True)
+    value = jnp.where(smooth, shift + safe_tau * jnp.log(total), peak)
+    return value if keepdims else jnp.squeeze(value, axes)
 
 
 def smooth_relu(u, temperature=1.0) -> jax.Array:
@@ -148,34 +235,60 @@ def smooth_relu(u, temperature=1.0) -> jax.Array:
     check_temperature(temperature)
     u = jnp.asarray(u)
     u = u.astype(compute_dtype(u.dtype))
-    tau = jnp.asarray(temperature, u.dtype)
+    return _smooth_relu(u, jnp.asarray(temperature, u.dtype))
+
+
+def _smooth_relu(u, tau):
     smooth = tau > 0
     safe_tau = jnp.where(smooth, tau, 1.0)
     return jnp.where(smooth, safe_tau * jax.nn.softplus(u / safe_tau), jnp.maximum(u, 0.0))
 
 
-# --------------------------------------------------------------------------- the family
+def _dloss_du(u, tau):
+    """``d smooth_relu_τ(u)/du``: sigmoid(u/τ), the step u > 0 at τ = 0; NaN where u is NaN.
 
-
-def _rivals(z, labels):
-    """The target mask, the logits with the target masked out, and the target logit.
-
-    The target is masked with the most negative finite float rather than -inf: its exp still
-    underflows to 0, and derivatives in τ of ``(masked − shift)/τ`` stay finite (no 0·inf).
+    The NaN is selected from u itself: a NaN constant would trip ``jax.debug_nans`` on valid input.
     """
-    classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
-    is_target = classes == labels[..., None]
-    rivals = jnp.where(is_target, jnp.finfo(z.dtype).min, z)
-    return classes, is_target, rivals, _target_logit(z, labels)
+    smooth = tau > 0
+    slope = jnp.where(smooth, jax.nn.sigmoid(u / jnp.where(smooth, tau, 1.0)), (u > 0).astype(u.dtype))
+    return jnp.where(jnp.isnan(u), u, slope)
 
 
-def _rival_max(z, labels):
-    """``max_{i≠y} z_i``: a reduction through the target mask, which XLA:CPU runs ~3x slower than a plain one."""
-    return jnp.max(_rivals(z, labels)[2], axis=-1)
+# --------------------------------------------------------------------------- row helpers
 
 
-def _bad_label(labels, num_classes):
-    return (labels < 0) | (labels >= num_classes)
+def _classes(z):
+    return lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+
+
+def _is_target(z, labels):
+    return _classes(z) == labels[..., None]
+
+
+def _pick(x, index):
+    """``x[..., index]`` per example (index within ``[0, C)``)."""
+    return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
+
+
+def _safe_labels(labels, num_classes):
+    """Labels clipped into ``[0, C)`` for indexing; an out-of-range label's NaN comes from its target."""
+    return jnp.clip(labels, 0, num_classes - 1)
+
+
+def _target_logit(z, labels):
+    """``z_y`` per example; NaN for a label outside ``[0, C)`` (a filled gather, no NaN constant)."""
+    num_classes = z.shape[-1]
+    index = jnp.where(labels < 0, num_classes, labels)  # no wrap-around of negative labels
+    return jnp.take_along_axis(z, index[..., None], axis=-1, mode="fill", fill_value=np.nan)[..., 0]
+
+
+def _scaled(x, shift, tau):
+    """``(x − shift)/τ`` with a per-example shift and τ broadcast over the classes."""
+    return (x - shift[..., None]) / tau[..., None]
+
+
+def _safe_tau(tau):
+    return jnp.where(tau > 0, tau, 1.0)
 
 
 def _first_index(z, value, exclude=None):
@@ -185,7 +298,7 @@ def _first_index(z, value, exclude=None):
     integer arg-max (a variadic reduction) runs several times slower.
     """
     num_classes = z.shape[-1]
-    classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+    classes = _classes(z)
     hit = z == value[..., None]
     if exclude is not None:
         hit = hit & (classes != exclude[..., None])
@@ -193,218 +306,9 @@ def _first_index(z, value, exclude=None):
     return jnp.clip(num_classes - score.astype(jnp.int32), 0, num_classes - 1)
 
 
-def _pick(x, index):
-    """``x[..., index]`` per example."""
-    return jnp.take_along_axis(x, index[..., None], axis=-1)[..., 0]
-
-
-def _safe_labels(labels, num_classes):
-    """Labels clipped into ``[0, C)`` for indexing; an out-of-range label's loss is NaN'ed separately."""
-    return jnp.clip(labels, 0, num_classes - 1)
-
-
-def _target_logit(z, labels):
-    """``z_y`` per example."""
-    return _pick(z, _safe_labels(labels, z.shape[-1]))
-
-
-def _scaled(x, shift, tau):
-    """``(x − shift)/τ`` with a per-example shift and τ broadcast over the classes."""
-    return (x - shift[..., None]) / tau[..., None]
-
-
-# Up to this many classes a differentiated pass masks the target; above it the reductions run over the
-# raw logits when exact and the gradient corrects the target by a pick (a scatter in the transpose).
-# Either way the gradient reuses the exps of the forward pass. Measured on XLA:CPU: for few classes the
-# per-example work and the scatter cost more than the masked [B, C] passes, for many classes far less.
-_FEW_CLASSES = 32
-
-
-def _skips_mask(num_classes, differentiated):
-    """Whether the forward pass may take the unmasked rival sum where it is exact (a speed choice).
-
-    Many classes: always. Few classes: only a value-only call; under differentiation the masked exps feed
-    the dense gradient pass, which for few classes costs less than the per-example work and the scatter.
-    """
-    return num_classes > _FEW_CLASSES or not differentiated
-
-
-def _exact_without_mask(tau_m, tau_r, margin, tying):
-    """Whether the rival sum may be taken as (sum over all classes) − (target's term), for the whole batch.
-
-    The subtraction loses the rival sum's low bits only on rows where the target holds the row max and
-    its rivals are far below it (rival sum R ≪ 1 in units of the target's term). With m ≤ 0 such rows do
-    not need them: under a hinge (τr = 0) their loss is exactly 0 (u = τm·log R + m < 0), and under a
-    smooth ReLU with τr ≤ τm the loss ``τr·log(1 + R^{τm/τr}·e^{m/τr})`` keeps an absolute error below
-    τr·eps, as softmax cross-entropy computed by log-sum-exp does. Everywhere else a masked sum is needed.
-    ``tying`` ("hinge": τr ≡ 0, "tied": τr ≡ τm) keeps the temperatures out of the predicate, so that
-    a vmap over temperatures leaves it unbatched: a real branch, not a select of both.
-    """
-    exact = margin <= 0
-    if tying is None:
-        exact = exact & ((tau_r == 0) | (tau_m >= tau_r))
-    return jnp.all(exact)
-
-
-def _shifted_exps(z, safe_tau):
-    """Row max, the shift (that max where finite, else 0) and ``exp((z − shift)/τ)`` over all classes."""
-    peak = jnp.max(z, axis=-1)
-    shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
-    return peak, shift, jnp.exp(_scaled(z, shift, safe_tau))
-
-
-def _unmasked_rival_sums(z, labels, target, safe_tau_m, differentiated):
-    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)``, the row max standing in for the rival max, the exps and
-    the target's exp.
-
-    The rival sum is the sum over all classes minus the target's term: both row reductions run over the
-    raw logits, which XLA:CPU fuses into its library reductions as in log-sum-exp, and the exps (all
-    classes, the target's too) are stored once for the gradient, as in optax's cross-entropy. The row max
-    differs from the rival max only where the target holds it, and there ``_exact_without_mask``
-    guarantees the hinge is inactive.
-    """
-    peak, shift, exps = _shifted_exps(z, safe_tau_m)
-    if differentiated:
-        # Picked from the stored exps before the sum: the gradient takes exactly this term out again, and
-        # the exps die at the gradient's product (XLA then writes them into the gradient's own buffer).
-        target_exp = _pick(exps, _safe_labels(labels, z.shape[-1]))
-    else:
-        # No pick: XLA:CPU fuses the exps into its library reduction and never stores them.
-        target_exp = jnp.exp((target - shift) / safe_tau_m)
-    # A +inf target would give inf − inf: nothing finite beats it, as on the masked path.
-    rival_total = jnp.where(target == jnp.inf, 0.0, jnp.maximum(jnp.sum(exps, axis=-1) - target_exp, 0.0))
-    return shift, rival_total, peak, exps, target_exp
-
-
-def _masked_rival_sums(z, labels, safe_tau_m):
-    """Shift, ``Σ_{i≠y} exp((z_i − shift)/τm)``, the rival max, the exps and the target's (0), through
-    the target mask: exact always; XLA:CPU materialises the masked logits as an extra [B, C] pass."""
-    rivals = _rivals(z, labels)[2]
-    rival_max = jnp.max(rivals, axis=-1)
-    shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
-    exps = jnp.exp(_scaled(rivals, shift, safe_tau_m))
-    return shift, jnp.sum(exps, axis=-1), rival_max, exps, jnp.zeros_like(shift)
-
-
-def _family_value(z, labels, tau_m, tau_r, margin, tying, *, skip_mask, differentiated):
-    """Forward pass of the family; also returns the intermediates the JVP rule reuses."""
-    target = _target_logit(z, labels)
-    smooth_m = tau_m > 0
-    safe_tau_m = jnp.where(smooth_m, tau_m, 1.0)
-    if skip_mask:
-        shift, total, rival_max, exps, target_exp = lax.cond(
-            _exact_without_mask(tau_m, tau_r, margin, tying),
-            lambda: _unmasked_rival_sums(z, labels, target, safe_tau_m, differentiated),
-            lambda: _masked_rival_sums(z, labels, safe_tau_m),
-        )
-    else:
-        shift, total, rival_max, exps, target_exp = _masked_rival_sums(z, labels, safe_tau_m)
-    # All rivals -inf: total = 0, log 0 = -inf and the rival max is -inf in both branches.
-    rival_smax = jnp.where(smooth_m, shift + tau_m * jnp.log(total), rival_max)
-    u = rival_smax - target + margin
-    smooth_r = tau_r > 0
-    safe_tau_r = jnp.where(smooth_r, tau_r, 1.0)
-    scaled_u = u / safe_tau_r
-    loss = jnp.where(smooth_r, tau_r * jax.nn.softplus(scaled_u), jnp.maximum(u, 0.0))
-    bad = _bad_label(labels, z.shape[-1])
-    loss = jnp.where(bad, jnp.nan, loss)
-    parts = dict(
-        target=target, rival_max=rival_max, shift=shift, smooth_m=smooth_m, safe_tau_m=safe_tau_m,
-        total=total, exps=exps, target_exp=target_exp, smooth_r=smooth_r, scaled_u=scaled_u, u=u, bad=bad,
-    )
-    return loss, parts
-
-
-def _tied_value_by_log_sum_exp(z, labels, tau, margin):
-    """The softmax member (τr = τm = τ) for m ≤ 0 as one log-sum-exp over all classes.
-
-    With the row max s, ``S = Σ_i exp((z_i − s)/τ)`` over all classes, ``a = m/τ ≤ 0`` and
-    ``b = (z_y − s)/τ ≤ 0``::
-
-        L = τ·log(1 + e^a·(S − e^b)/e^b) = s + τ·log(e^a·S + (1 − e^a)·e^b) − z_y
-
-    Both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp (absolute
-    error τ·eps where the target dominates). The two per-example exps are taken relative to
-    ``d = max(a, b)``, so that a large negative margin and a far-behind target cannot underflow together.
-    This drops the per-example softplus of the general form, which for few classes costs as much as the
-    reductions. At τ = 0 the loss is the hinge over the row max, exact for m ≤ 0 (a target at the peak
-    gives 0 either way).
-    """
-    target = _target_logit(z, labels)
-    smooth = tau > 0
-    safe_tau = jnp.where(smooth, tau, 1.0)
-    # Not _unmasked_rival_sums: its per-example target term and subtraction, fused by XLA:CPU into the
-    # reduction, made this value 1.4x slower for 10 classes.
-    peak, shift, exps = _shifted_exps(z, safe_tau)
-    total = jnp.sum(exps, axis=-1)
-
-    def with_margin():
-        a = margin / safe_tau
-        b = (target - shift) / safe_tau
-        d = jnp.maximum(a, b)
-        return d, jnp.exp(a - d) * total - jnp.expm1(a) * jnp.exp(b - d)
-
-    # No margin (cross-entropy itself, the common case): a scalar cond skips three per-example
-    # transcendentals, which cost ~5 % of the whole loss for 10 classes.
-    d, inner = lax.cond(jnp.all(margin == 0), lambda: (jnp.zeros_like(total), total), with_margin)
-    smooth_loss = shift + tau * (d + jnp.log(inner)) - target
-    # A +inf target beats every finite rival (the formula would give inf − inf).
-    smooth_loss = jnp.where(target == jnp.inf, 0.0, smooth_loss)
-    loss = jnp.where(smooth, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
-    return jnp.where(_bad_label(labels, z.shape[-1]), jnp.nan, loss)
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
-def _family_core(z, labels, tau_m, tau_r, margin, tying):
-    def value(skip_mask):
-        return _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=skip_mask, differentiated=False)[0]
-
-    if tying == "tied":
-        # Where exact, the softmax member is one log-sum-exp: no rival sum and no softplus.
-        return lax.cond(
-            _exact_without_mask(tau_m, tau_r, margin, tying),
-            lambda: _tied_value_by_log_sum_exp(z, labels, tau_m, margin),
-            lambda: value(skip_mask=False),
-        )
-    return value(skip_mask=_skips_mask(z.shape[-1], differentiated=False))
-
-
-def _dense_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
-    """``Σ_i ∂L/∂z_i·dz_i`` through one [B, C] gradient, ``dL/du·(softmax(rivals/τm) − onehot)`` (the
-    arg-max at τm = 0), on the masked forward pass's exps."""
-    classes, is_target, _, _ = _rivals(z, labels)
-    rival_probs = p["exps"] / safe_total[..., None]
-    first = _first_rival(z, labels, p["smooth_m"])
-    hard_probs = (classes == first[..., None]).astype(z.dtype)
-    probs = jnp.where(p["smooth_m"][..., None], rival_probs, hard_probs)
-    grad = dloss_du[..., None] * (probs - is_target.astype(z.dtype))
-    return jnp.sum(grad * dz, axis=-1)
-
-
-def _picked_rival_tangent(z, labels, p, dloss_du, safe_total, dz):
-    """The same tangent as a dense term over all classes, on the forward pass's stored exps, plus
-    corrections picked at the target and the arg-max rival.
-
-    A mask on iota == y in the [B, C] pass runs 2.5x slower on XLA:CPU than a plain product for many
-    classes; the picks transpose to one scatter into the dense gradient (as in optax's cross-entropy).
-    """
-    # The exps are at most 1 except on rows with an infinite max (shift 0), whose weight is 0: the clamp
-    # keeps exp(+inf) from meeting it, in the memory-bound product rather than the exp pass.
-    exps = jnp.minimum(p["exps"], 1.0)
-    smooth_weight = jnp.where(p["smooth_m"], dloss_du / safe_total, 0.0)
-    hard_weight = jnp.where(p["smooth_m"], 0.0, dloss_du)
-    target = _safe_labels(labels, z.shape[-1])
-    picked = jnp.stack([target, _first_rival(z, labels, p["smooth_m"])], -1)
-    # The target's own exp is taken out again, so that it nets to exactly −dL/du.
-    weights = jnp.stack([-(smooth_weight * jnp.minimum(p["target_exp"], 1.0) + dloss_du), hard_weight], -1)
-    return smooth_weight * jnp.sum(exps * dz, axis=-1) + jnp.sum(
-        weights * jnp.take_along_axis(dz, picked, axis=-1), axis=-1
-    )
-
-
-def _first_rival(z, labels, smooth_m):
-    """``_first_rival_index`` of values outside differentiation (an index has no derivative)."""
-    return _first_rival_index(lax.stop_gradient(z), labels, lax.stop_gradient(smooth_m))
+def _rival_max(z, labels):
+    """``max_{i≠y} z_i`` through the target mask (the most negative float: no -inf for debug_infs)."""
+    return jnp.max(jnp.where(_is_target(z, labels), jnp.finfo(z.dtype).min, z), axis=-1)
 
 
 @jax.custom_batching.custom_vmap
@@ -415,11 +319,15 @@ def _first_rival_index(z, labels, smooth_m):
     member), so a vmap over temperatures runs this pass once, or not at all, rather than once per member
     (a cond with a batched predicate runs both branches on every member).
     """
-    return lax.cond(
-        jnp.all(smooth_m),
-        lambda: jnp.zeros(labels.shape, jnp.int32),
-        lambda: _first_index(z, _rival_max(z, labels), exclude=labels),
-    )
+    return lax.cond(jnp.all(smooth_m), _no_index, _first_rival, z, labels)
+
+
+def _no_index(z, labels):
+    return jnp.zeros(labels.shape, jnp.int32)
+
+
+def _first_rival(z, labels):
+    return _first_index(z, _rival_max(z, labels), exclude=labels)
 
 
 @_first_rival_index.def_vmap
@@ -438,45 +346,379 @@ def _first_rival_vmap(axis_size, in_batched, z, labels, smooth_m):
     return _first_rival_index(z, labels, smooth_m), True
 
 
+def _strongest_rival(z, labels, smooth_m):
+    """``_first_rival_index`` of values outside differentiation (an index has no derivative)."""
+    return _first_rival_index(lax.stop_gradient(z), labels, lax.stop_gradient(smooth_m))
+
+
+# --------------------------------------------------------------------------- the family's paths
+
+
+class Forward(NamedTuple):
+    """What every path of the family's forward pass returns (the JVP rule reads all of it)."""
+
+    loss: jax.Array        # per example
+    u: jax.Array           # smooth_max_τm(z_i, i≠y) − z_y + m
+    target: jax.Array      # z_y (NaN for an out-of-range label)
+    rival_max: jax.Array   # max_{i≠y} z_i, or the row max where the loss is the same with it
+    shift: jax.Array       # the exps are exp((z − shift)/τm)
+    total: jax.Array       # Σ_{i≠y} exp((z_i − shift)/τm), at least the smallest normal float
+    exps: jax.Array        # [..., C]; the target's entry is target_exp
+    target_exp: jax.Array  # the target's entry of exps: its own term, or 0 where the path masked it
+
+
+def _finish(z, labels, tau_m, tau_r, margin, rival_max, shift, total, exps, target_exp):
+    """The loss from a rival sum: ``u = (shift − z_y) + τm·log(total) + m`` (the rival max at τm = 0).
+
+    The total is 0 only where every rival is -inf (the loss is 0), where the unmasked sum cancelled on a
+    row whose loss the path's exactness rule keeps below a few τ·eps, or where ``_masked`` lost every
+    rival to underflow (``_masked_is_exact`` sends such rows elsewhere).
+    """
+    target = _target_logit(z, labels)
+    info = jnp.finfo(total.dtype)
+    # shift − z_y first: where the target holds the row max it is exactly 0, and τm·log(total) keeps its
+    # bits however large the logits are. No rival mass at all: u is the most negative float, so the loss
+    # and its slope are exactly 0 with nothing infinite on the way.
+    smooth_gap = (shift - target) + _safe_tau(tau_m) * jnp.log(jnp.maximum(total, info.tiny))
+    u = jnp.where(tau_m > 0, jnp.where(total == 0, info.min, smooth_gap), rival_max - target) + margin
+    total = jnp.maximum(total, info.tiny)
+    return Forward(_smooth_relu(u, tau_r), u, target, rival_max, shift, total, exps, target_exp)
+
+
+def _shifted_exps(z, tau):
+    """Row max, the shift (that max where finite, else 0) and ``exp((z − shift)/τ)`` over all classes."""
+    peak = jnp.max(z, axis=-1)
+    shift = jnp.where(jnp.isfinite(peak), peak, 0.0)
+    return peak, shift, jnp.exp(_scaled(z, shift, _safe_tau(tau)))
+
+
+def _unmasked_total(exps, target_exp, target):
+    """Σ_{i≠y} as the sum over all classes minus the target's term (a +inf target: nothing beats it)."""
+    return jnp.where(jnp.isposinf(target), 0.0, jnp.maximum(jnp.sum(exps, axis=-1) - target_exp, 0.0))
+
+
+def _unmasked(z, labels, tau_m, tau_r, margin):
+    """Both row reductions over the raw logits, the target's term subtracted; value only.
+
+    XLA:CPU fuses an exp-sum over raw logits into its library reduction, and the target's exp is taken
+    per example, so the exps are never stored.
+    """
+    peak, shift, exps = _shifted_exps(z, tau_m)
+    target = _target_logit(z, labels)
+    target_exp = jnp.exp((target - shift) / _safe_tau(tau_m))
+    total = _unmasked_total(exps, target_exp, target)
+    return _finish(z, labels, tau_m, tau_r, margin, peak, shift, total, exps, target_exp)
+
+
+def _unmasked_picked(z, labels, tau_m, tau_r, margin):
+    """``_unmasked`` for the gradient: the exps are stored once and the target's term is picked from them.
+
+    Picked before the sum: the gradient takes exactly this term out again, and the exps die at the
+    gradient's product (XLA then writes them into the gradient's own buffer), as in optax's cross-entropy.
+    """
+    peak, shift, exps = _shifted_exps(z, tau_m)
+    target_exp = _pick(exps, _safe_labels(labels, z.shape[-1]))
+    total = _unmasked_total(exps, target_exp, _target_logit(z, labels))
+    return _finish(z, labels, tau_m, tau_r, margin, peak, shift, total, exps, target_exp)
+
+
+def _tied_lse(z, labels, tau_m, tau_r, margin):
+    """The softmax member (τr = τm = τ) as one log-sum-exp over all classes; value only.
+
+    With the row max s, ``S = Σ_i exp((z_i − s)/τ)`` over all classes, ``a = m/τ`` and
+    ``b = (z_y − s)/τ ≤ 0``::
+
+        L = τ·log(1 + e^a·(S − e^b)/e^b) = s + τ·log(e^a·S + (1 − e^a)·e^b) − z_y
+
+    For m ≤ 0 both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp. (For
+    m > 0 the second term is negative: a loss that should be exactly 0, all rivals -inf, comes out at a few
+    τ·eps, hence ``_unmasked`` there.) The two per-example exps
+    are taken relative to ``d = max(a, b)``, so that a large negative margin and a far-behind target
+    cannot underflow together. This drops the per-example softplus of ``_finish``, which for few classes
+    costs as much as the reductions. At τ = 0 the loss is the hinge over the row max.
+    """
+    peak, shift, exps = _shifted_exps(z, tau_m)
+    target = _target_logit(z, labels)
+    safe_tau = _safe_tau(tau_m)
+    total = jnp.sum(exps, axis=-1)
+    d, inner = lax.cond(jnp.all(margin == 0), _no_margin_terms, _margin_terms, total, target, shift, safe_tau, margin)
+    smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
+    loss = jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
+    target_exp = jnp.exp((target - shift) / safe_tau)
+    rest = _finish(z, labels, tau_m, tau_r, margin, peak, shift, _unmasked_total(exps, target_exp, target),
+                   exps, target_exp)
+    return rest._replace(loss=loss)
+
+
+def _no_margin_terms(total, target, shift, safe_tau, margin):
+    # Cross-entropy itself, the common case: the scalar cond skips three per-example transcendentals.
+    return jnp.zeros_like(total), total
+
+
+def _margin_terms(total, target, shift, safe_tau, margin):
+    a = margin / safe_tau
+    b = (target - shift) / safe_tau
+    d = jnp.maximum(a, b)
+    return d, jnp.exp(a - d) * total - jnp.expm1(a) * jnp.exp(b - d)
+
+
+def _masked(z, labels, tau_m, tau_r, margin):
+    """The rival sum through the target mask, shifted by the row max: no cancellation at any margin.
+
+    The exps are at most 1 (no overflow, whatever the target's lead), and the mask is a select after the
+    exp, which XLA:CPU keeps inside its fused exp-sum. Inexact only where the shift by the row max loses
+    rivals to underflow (see ``_masked_is_exact``); ``_rival_shifted`` takes over there.
+    """
+    peak, shift, exps = _shifted_exps(z, tau_m)
+    exps = jnp.where(_is_target(z, labels), 0.0, exps)
+    total = jnp.sum(exps, axis=-1)
+    return _finish(z, labels, tau_m, tau_r, margin, peak, shift, total, exps, jnp.zeros_like(total))
+
+
+def _rival_shifted(z, labels, tau_m, tau_r, margin):
+    """Exact at any input: the rival max (through the mask) and the rival sum shifted by it.
+
+    One select feeds both reductions (two different selects measured slower). The masked target is
+    lifted to ``shift − 10⁴·τm`` before the scaling: its exp is still exactly 0, and its scaled value and
+    derivatives stay finite however far the target leads (an inf there would become NaN in derivatives).
+    """
+    rivals = jnp.where(_is_target(z, labels), jnp.finfo(z.dtype).min, z)
+    rival_max = jnp.max(rivals, axis=-1)
+    shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
+    safe_tau = _safe_tau(tau_m)
+    exps = jnp.exp(_scaled(jnp.maximum(rivals, (shift + _FAR_BELOW * safe_tau)[..., None]), shift, safe_tau))
+    total = jnp.sum(exps, axis=-1)
+    return _finish(z, labels, tau_m, tau_r, margin, rival_max, shift, total, exps, jnp.zeros_like(total))
+
+
+# exp of this underflows to exactly 0 in float32 and float64.
+_FAR_BELOW = -1e4
+
+# The unmasked paths subtract the target's term from the full sum. That loses the rival sum R's low bits
+# on rows where the target dominates; such rows matter only if m/τm is large (see ``_fast_is_exact``).
+_MARGIN_BOUND = float(np.log(8.0))
+
+# Below this many ulps of log, a loss counts as exactly 0 for the masked path's underflow rule.
+_NEGLIGIBLE = 30.0
+
+
+def _masked_is_exact(z, f: Forward, tau_m, tau_r, margin):
+    """Per row: whether the row-max shift of ``_masked`` lost nothing that changes the loss.
+
+    Rivals more than ~87·τm (float32) below the row max underflow to 0, each losing under ``tiny``. The
+    loss is still exact where the rival sum R is far above the lost mass (R ≥ C·tiny/eps), or where even
+    the largest rival sum it could stand for leaves the loss below τr·e^-30 (u ≤ −30·τr; for the hinge,
+    u ≤ 0). At τm = 0 the row max is the rival max unless the target holds it. NaN rows are NaN either way.
+    """
+    info = jnp.finfo(z.dtype)
+    floor = z.shape[-1] * info.tiny / info.eps
+    largest = (f.shift - f.target) + _safe_tau(tau_m) * jnp.log(jnp.maximum(floor, f.total)) + margin
+    # At τm = 0 the row max bounds the rival max from above.
+    u_upper = jnp.where(tau_m > 0, largest, f.u)
+    kept = jnp.where(tau_m > 0, f.total >= floor, f.target < f.rival_max)
+    return jnp.all(kept | (u_upper <= -_NEGLIGIBLE * tau_r) | jnp.isnan(f.total))
+
+
+def _fast_is_exact(tau_m, tau_r, margin, tying, bound):
+    """Whether the unmasked paths are exact for the whole batch (a scalar).
+
+    The subtraction ``R = S − e_y`` loses R's low bits only on rows where the target holds the row max and
+    its rivals are far below it (R ≪ 1 in units of its term), with a relative error eps/R. For m ≤ 0 such
+    rows do not need them: under a hinge (τr = 0) their loss is exactly 0 (u = τm·log R + m < 0), and under
+    a smooth ReLU with τr ≤ τm the loss ``τr·log(1 + R^{τm/τr}·e^{m/τr})`` keeps an absolute error below
+    τr·eps, as softmax cross-entropy computed by log-sum-exp does. For 0 < m ≤ τm·log 8 a row's loss is
+    non-zero (or its slope above e^-m/τm) only where R > e^{−m/τm} ≥ 1/8: at most 8 ulps (``bound``).
+    ``tying`` ("hinge": τr ≡ 0, "tied": τr ≡ τm) keeps the temperatures out of the m ≤ 0 predicate, so that
+    a vmap over temperatures leaves it unbatched: a real branch, not a select of both.
+    """
+    exact = margin <= bound * tau_m if bound else margin <= 0
+    if tying is None:
+        exact = exact & ((tau_r == 0) | (tau_m >= tau_r))
+    return jnp.all(exact)
+
+
+# --------------------------------------------------------------------------- the one chooser
+
+
+class Thresholds(NamedTuple):
+    """The speed choices that depend on the backend."""
+
+    few_classes: int  # up to this many classes the gradient masks the target in a dense [B, C] pass
+
+
+# Measured on XLA:CPU (README, "Benchmarks"). GPU and TPU take the same numbers until someone measures them.
+_THRESHOLDS = {"cpu": Thresholds(few_classes=32), "default": Thresholds(few_classes=32)}
+
+
+def _per_backend(fn, *args):
+    """``fn(thresholds, *args)`` with the thresholds of the backend it is lowered for.
+
+    ``lax.platform_dependent`` picks the branch when lowering, so a jitted caller compiled for a GPU gets
+    the GPU's thresholds (``jax.default_backend()`` at trace time could name another device).
+    """
+    return lax.platform_dependent(
+        *args,
+        cpu=functools.partial(fn, _THRESHOLDS["cpu"]),
+        default=functools.partial(fn, _THRESHOLDS["default"]),
+    )
+
+
+class Plan(NamedTuple):
+    """The paths of one call by margin, each ``path(z, labels, τm, τr, m) -> Forward``, and its tangent."""
+
+    no_margin: Callable       # m ≤ 0 (and τr ≤ τm)
+    small_margin: Callable    # 0 < m ≤ τm·log 8 (and τr ≤ τm)
+    large_margin: Callable    # anything else
+    tangent: Callable | None  # the gradient's [B, C] pass (None for a value-only call)
+
+
+def _plan(tying, num_classes, differentiated, thresholds: Thresholds) -> Plan:
+    """Which paths a call of the family takes: the only place where that is decided.
+
+    | path | taken when | why |
+    |---|---|---|
+    | ``_tied_lse`` | softmax (τr ≡ τm), value only, m ≤ 0 | one log-sum-exp, no per-example softplus |
+    | ``_unmasked`` | value only, m ≤ τm·log 8 and τr ≤ τm, unless ``_tied_lse`` | exp-sum over raw logits, exps not stored |
+    | ``_unmasked_picked`` | gradient, more than ``few_classes``, m ≤ τm·log 8 and τr ≤ τm | exps stored once, reused by the gradient |
+    | ``_general`` (``_masked``) | more than ``few_classes`` or value only, any other m | exact at any m; the mask a select after the exp |
+    | ``_general`` (``_rival_shifted``) | where ``_masked`` loses rivals to underflow (m/τm ≳ 60; τm = 0, m > 0 and a target at its row max) | exact at any input |
+    | ``_rival_shifted`` | gradient, up to ``few_classes`` | one masked pass feeds the dense gradient: no per-example work, no check |
+    | ``_picked_tangent`` | gradient, more than ``few_classes`` | a mask in the [B, C] gradient pass costs more than one scatter |
+    | ``_dense_tangent`` | gradient, up to ``few_classes`` | the per-example picks and the scatter cost more than the mask |
+
+    The margin bounds are checked at run time on the whole batch (a ``cond`` on a scalar, see
+    ``_fast_is_exact``); the class count and whether the call is differentiated are known when tracing.
+    """
+    if not differentiated:
+        return Plan(no_margin=_tied_lse if tying == "tied" else _unmasked, small_margin=_unmasked,
+                    large_margin=_general, tangent=None)
+    if num_classes > thresholds.few_classes:
+        return Plan(no_margin=_unmasked_picked, small_margin=_unmasked_picked, large_margin=_general,
+                    tangent=_picked_tangent)
+    return Plan(no_margin=_rival_shifted, small_margin=_rival_shifted, large_margin=_rival_shifted,
+                tangent=_dense_tangent)
+
+
+def _general(z, labels, tau_m, tau_r, margin, project=lambda f: f):
+    """``_masked``, or ``_rival_shifted`` for the whole batch where ``_masked`` is not exact on some row.
+
+    ``project`` picks what leaves the ``cond`` (the loss alone for a value-only call): whatever leaves it
+    is materialised.
+    """
+    f = _masked(z, labels, tau_m, tau_r, margin)
+    return lax.cond(_masked_is_exact(z, f, tau_m, tau_r, margin), lambda *_: project(f),
+                    lambda *ops: project(_rival_shifted(*ops)), z, labels, tau_m, tau_r, margin)
+
+
+def _forward(thresholds, z, labels, tau_m, tau_r, margin, *, tying, differentiated):
+    """The family's forward pass along ``_plan``'s paths (a value-only call: its loss alone)."""
+    plan = _plan(tying, z.shape[-1], differentiated, thresholds)
+    project = (lambda f: f) if differentiated else (lambda f: f.loss)
+
+    def run(path):
+        if path is _general:
+            return functools.partial(_general, project=project)
+        return lambda *ops: project(path(*ops))
+
+    ops = (z, labels, tau_m, tau_r, margin)
+    if plan.no_margin is plan.small_margin is plan.large_margin:
+        return run(plan.no_margin)(*ops)
+    # m ≤ 0 first: its predicate stays unbatched under a vmap over temperatures (a real branch).
+    return lax.cond(
+        _fast_is_exact(tau_m, tau_r, margin, tying, bound=0.0),
+        run(plan.no_margin),
+        lambda *ops: lax.cond(
+            _fast_is_exact(tau_m, tau_r, margin, tying, _MARGIN_BOUND), run(plan.small_margin),
+            run(plan.large_margin), *ops
+        ),
+        *ops,
+    )
+
+
+def _loss_only(thresholds, *ops, tying):
+    return _forward(thresholds, *ops, tying=tying, differentiated=False)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _family_core(z, labels, tau_m, tau_r, margin, tying):
+    return _per_backend(functools.partial(_loss_only, tying=tying), z, labels, tau_m, tau_r, margin)
+
+
+def _dense_tangent(z, labels, f: Forward, dloss_du, tau_m, dz):
+    """``Σ_i ∂L/∂z_i·dz_i`` through one [B, C] gradient, ``dL/du·(softmax(rivals/τm) − onehot)`` (the
+    arg-max at τm = 0), on the masked forward pass's exps."""
+    smooth_m = tau_m > 0
+    is_target = _is_target(z, labels)
+    hard_probs = (_classes(z) == _strongest_rival(z, labels, smooth_m)[..., None]).astype(z.dtype)
+    probs = jnp.where(smooth_m[..., None], f.exps / f.total[..., None], hard_probs)
+    grad = dloss_du[..., None] * (probs - is_target.astype(z.dtype))
+    return jnp.sum(grad * dz, axis=-1)
+
+
+def _picked_tangent(z, labels, f: Forward, dloss_du, tau_m, dz):
+    """The same tangent as a dense term over all classes, on the forward pass's stored exps, plus
+    corrections picked at the target and the arg-max rival (the picks transpose to one scatter)."""
+    smooth_m = tau_m > 0
+    # The exps are at most 1 except on rows with an infinite max (shift 0), whose weight is 0: the clamp
+    # keeps exp(+inf) from meeting it, in the memory-bound product rather than the exp pass.
+    exps = jnp.minimum(f.exps, 1.0)
+    smooth_weight = jnp.where(smooth_m, dloss_du / f.total, 0.0)
+    hard_weight = jnp.where(smooth_m, 0.0, dloss_du)
+    picked = jnp.stack([_safe_labels(labels, z.shape[-1]), _strongest_rival(z, labels, smooth_m)], -1)
+    # The target's own exp is taken out again, so that it nets to exactly −dL/du.
+    weights = jnp.stack([-(smooth_weight * jnp.minimum(f.target_exp, 1.0) + dloss_du), hard_weight], -1)
+    return smooth_weight * jnp.sum(exps * dz, axis=-1) + jnp.sum(
+        weights * jnp.take_along_axis(dz, picked, axis=-1), axis=-1
+    )
+
+
+def _family_tangent(thresholds, z, labels, tau_m, tau_r, margin, dz, dtau_m, dtau_r, dmargin, *, tying):
+    """Value and tangent; zero tangents come in as None and are skipped."""
+    plan = _plan(tying, z.shape[-1], True, thresholds)
+    f = _forward(thresholds, z, labels, tau_m, tau_r, margin, tying=tying, differentiated=True)
+    dloss_du = _dloss_du(f.u, tau_r)
+    dloss = jnp.zeros_like(f.loss)
+    if dz is not None:
+        dloss = dloss + plan.tangent(z, labels, f, dloss_du, tau_m, dz)
+    if dmargin is not None:
+        dloss = dloss + dloss_du * dmargin
+    if dtau_m is not None:
+        # d/dτ [τ·log Σ exp(x/τ)] is the entropy of softmax(x/τ); it is 0 at τ = 0. The forward pass's
+        # exps with the target's term zeroed; zero entries are left out of the product, so no 0·inf (a
+        # -inf rival) reaches higher derivatives.
+        rival_exps = jnp.where(_is_target(z, labels), 0.0, f.exps)
+        scaled = _scaled(z, f.shift, _safe_tau(tau_m))
+        cross = jnp.sum(rival_exps * jnp.where(rival_exps > 0, scaled, 0.0), axis=-1) / f.total
+        entropy = jnp.where(tau_m > 0, jnp.log(f.total) - cross, 0.0)
+        dloss = dloss + dloss_du * entropy * dtau_m
+    if dtau_r is not None:
+        # d/dτ [τ·softplus(u/τ)] = softplus(u/τ) − (u/τ)·sigmoid(u/τ); 0 at τ = 0.
+        # Clamped far below, where the term is 0: u may be the most negative float (no rival mass).
+        x = jnp.maximum(f.u / _safe_tau(tau_r), _FAR_BELOW)
+        dloss = dloss + jnp.where(tau_r > 0, jax.nn.softplus(x) - x * jax.nn.sigmoid(x), 0.0) * dtau_r
+    return f.loss, dloss
+
+
+def _nonzero(tangent):
+    return None if isinstance(tangent, SymbolicZero) else tangent
+
+
 def _family_jvp(tying, primals, tangents):
     z, labels, tau_m, tau_r, margin = primals
-    dz, _, dtau_m, dtau_r, dmargin = tangents
-    skip_mask = _skips_mask(z.shape[-1], differentiated=True)
-    loss, p = _family_value(z, labels, tau_m, tau_r, margin, tying, skip_mask=skip_mask, differentiated=True)
-    # dL/du of the outer smooth ReLU: sigmoid(u/τr), or the step u > 0 at τr = 0.
-    dloss_du = jnp.where(p["smooth_r"], jax.nn.sigmoid(p["scaled_u"]), (p["u"] > 0).astype(z.dtype))
-    dloss_du = jnp.where(p["bad"], jnp.nan, dloss_du)
-    dloss = jnp.zeros_like(loss)
-    safe_total = jnp.where(p["total"] > 0, p["total"], 1.0)
-    if not isinstance(dz, SymbolicZero):
-        # dLSE/dz over the rivals: softmax(rivals/τm), or the first arg-max at τm = 0.
-        rival_tangent = _picked_rival_tangent if skip_mask else _dense_rival_tangent
-        dloss = dloss + rival_tangent(z, labels, p, dloss_du, safe_total, dz)
-    if not isinstance(dmargin, SymbolicZero):
-        dloss = dloss + dloss_du * dmargin
-    if not isinstance(dtau_m, SymbolicZero):
-        # d/dτ [τ·log Σ exp(x/τ)] is the entropy of softmax(x/τ); it is 0 at τ = 0.
-        # The forward pass's exps, with the target's term (present on the unmasked path) zeroed; zero
-        # entries are left out of the product, so no 0·inf reaches higher derivatives.
-        _, is_target, _, _ = _rivals(z, labels)
-        rival_exps = jnp.where(is_target, 0.0, p["exps"])
-        scaled = _scaled(z, p["shift"], p["safe_tau_m"])
-        cross = jnp.sum(rival_exps * jnp.where(rival_exps > 0, scaled, 0.0), axis=-1) / safe_total
-        entropy = jnp.where(p["smooth_m"], jnp.log(safe_total) - cross, 0.0)
-        dloss = dloss + dloss_du * entropy * dtau_m
-    if not isinstance(dtau_r, SymbolicZero):
-        # d/dτ [τ·softplus(u/τ)] = softplus(u/τ) − (u/τ)·sigmoid(u/τ); 0 at τ = 0.
-        x = p["scaled_u"]
-        dtau = jnp.where(p["smooth_r"], jax.nn.softplus(x) - x * jax.nn.sigmoid(x), 0.0)
-        dloss = dloss + dtau * dtau_r
-    return loss, dloss
+    dz, _, dtau_m, dtau_r, dmargin = map(_nonzero, tangents)
+    # None (a zero tangent) is an empty pytree: platform_dependent passes it through.
+    return _per_backend(functools.partial(_family_tangent, tying=tying),
+                        z, labels, tau_m, tau_r, margin, dz, dtau_m, dtau_r, dmargin)
 
 
 _family_core.defjvp(_family_jvp, symbolic_zeros=True)
 
 
-def _hard_value(z, labels, margin):
-    """Forward pass of the hinge, with what its JVP rule reuses.
+# --------------------------------------------------------------------------- the hard member
+
+
+def _hard_forward(z, labels, margin):
+    """The hinge and its rival max.
 
     The rival max equals the plain max over all classes whenever the target does not attain it; when it
     does and m ≤ 0 the loss is 0 whatever the rival max. Only a target at the top with m > 0 needs the
@@ -485,37 +727,33 @@ def _hard_value(z, labels, margin):
     target = _target_logit(z, labels)
     peak = jnp.max(z, axis=-1)
     needs_rival_max = jnp.any((target >= peak) & (margin > 0))
-    rival_max = lax.cond(needs_rival_max, lambda: _rival_max(z, labels), lambda: peak)
+    rival_max = lax.cond(needs_rival_max, _rival_max, lambda z, labels: peak, z, labels)
     u = rival_max - target + margin
-    bad = _bad_label(labels, z.shape[-1])
-    loss = jnp.where(bad, jnp.nan, jnp.maximum(u, 0.0))
-    return loss, (needs_rival_max, rival_max, u, bad)
+    return jnp.maximum(u, 0.0), u, needs_rival_max, rival_max
 
 
 @jax.custom_jvp
 def _hard_core(z, labels, margin):
-    return _hard_value(z, labels, margin)[0]
+    return _hard_forward(z, labels, margin)[0]
 
 
 def _hard_jvp(primals, tangents):
     z, labels, margin = primals
-    dz, _, dmargin = tangents
-    loss, (needs_rival_max, rival_max, u, bad) = _hard_value(z, labels, margin)
-    active = jnp.where(bad, jnp.nan, (u > 0).astype(z.dtype))
+    dz, _, dmargin = map(_nonzero, tangents)
+    loss, u, needs_rival_max, rival_max = _hard_forward(z, labels, margin)
+    active = _dloss_du(u, jnp.zeros_like(u))
     dloss = jnp.zeros_like(loss)
-    if not isinstance(dz, SymbolicZero):
+    if dz is not None:
         # On active examples of the fast path the target is below the peak, so the first entry at the
         # peak is a rival: no mask needed.
-        rival = lax.cond(needs_rival_max, lambda: _first_index(z, rival_max, exclude=labels),
-                         lambda: _first_index(z, rival_max))
-        # Exactly one +1 (strongest rival) and one −1 (target) per active example. Written densely as
-        # selects: the transpose is one elementwise pass writing the gradient, where picks transpose to a
-        # zero-filled buffer plus scatters, and a difference of one-hots to converts and a subtraction
-        # (each measured 1.2-1.3x slower on XLA:CPU).
-        classes = lax.broadcasted_iota(jnp.int32, z.shape, z.ndim - 1)
+        rival = lax.cond(needs_rival_max, _first_index, lambda z, value, labels: _first_index(z, value),
+                         z, rival_max, labels)
+        # Exactly one +1 (strongest rival) and one −1 (target) per active example, written densely as
+        # selects: the transpose is one elementwise pass writing the gradient (README, "Benchmarks").
+        classes = _classes(z)
         pair = jnp.where(classes == rival[..., None], dz, jnp.where(classes == labels[..., None], -dz, 0.0))
         dloss = dloss + active * jnp.sum(pair, axis=-1)
-    if not isinstance(dmargin, SymbolicZero):
+    if dmargin is not None:
         dloss = dloss + active * dmargin
     return loss, dloss
 
@@ -523,81 +761,105 @@ def _hard_jvp(primals, tangents):
 _hard_core.defjvp(_hard_jvp, symbolic_zeros=True)
 
 
-def family_loss(logits, labels, *, max_temperature, relu_temperature, margin=0.0) -> jax.Array:
+# --------------------------------------------------------------------------- the losses
+
+
+def _loss(member, logits, labels, tau_m, tau_r, margin, axis, where):
+    """Check the arguments (before any work), then run the jitted loss: one dispatch per eager call."""
+    logits = jnp.asarray(logits)
+    axes = class_axes(axis, max(logits.ndim, 1))
+    batch_shape = tuple(n for a, n in enumerate(logits.shape) if a not in axes)
+    where = _check_where(where, logits.shape, batch_shape)
+    example_mask = where if where is not None and where.ndim == len(batch_shape) else None
+    logits, labels, axes = check_logits_labels(logits, labels, axis, example_mask)
+    return _jitted_loss(logits, labels, tau_m, tau_r, margin, where, member=member, axes=axes)
+
+
+@functools.partial(jax.jit, static_argnames=("member", "axes"))
+def _jitted_loss(logits, labels, tau_m, tau_r, margin, where, *, member, axes):
+    dtype = compute_dtype(logits.dtype)
+    z = _classes_last(logits.astype(dtype), axes)
+    labels = labels.astype(jnp.int32)
+    shape = labels.shape
+    example_mask = None
+    if where is not None and where.ndim == len(shape):
+        example_mask = jnp.broadcast_to(where, shape)
+        # A masked example's label may be padding: it must not become a NaN that reaches the gradient.
+        labels = jnp.where(example_mask, labels, 0)
+    elif where is not None:
+        class_mask = _classes_last(jnp.broadcast_to(where, logits.shape), axes)
+        # A masked rival is a -inf logit; the target stays the target.
+        z = jnp.where(class_mask | _is_target(z, labels), z, -jnp.inf)
+    margin = _per_example(margin, shape, dtype, "margin")
+    if member == "hard":
+        loss = _hard_core(z, labels, margin)
+    else:
+        tau_m = _per_example(tau_m, shape, dtype, "temperature")
+        tau_r = tau_m if member == "tied" else _per_example(tau_r, shape, dtype, "temperature")
+        loss = _family_core(z, labels, tau_m, tau_r, margin, member)
+    return loss if example_mask is None else jnp.where(example_mask, loss, 0.0)
+
+
+def family_loss(logits, labels, *, max_temperature, relu_temperature, margin=0.0, axis=-1, where=None):
     """The general member: ``smooth_relu_{τr}(smooth_max_{τm}(z_i, i≠y) − z_y + m)``, per example.
 
     Args:
-      logits: ``[..., C]`` scores, ``C ≥ 2``.
-      labels: integer targets of shape ``logits.shape[:-1]``.
+      logits: scores with ``C ≥ 2`` classes on ``axis``.
+      labels: integer targets, of the logits' shape without ``axis``.
       max_temperature: τm ≥ 0 of the inner smooth max over the rivals (0: the hard max).
       relu_temperature: τr ≥ 0 of the outer smooth ReLU (0: the hinge ``max(u, 0)``).
       margin: m, added to the rival term; ``m > 0`` asks the target to win by m.
+      axis: the class axis, or a tuple of axes (a label is then a flat index into that slice).
+      where: an example mask (batch-shaped: masked examples give 0) or a class mask (logits-shaped: a
+        masked rival is a ``-inf`` logit; the target is scored whether masked or not).
 
     Returns:
       The loss of each example, shape ``labels.shape``.
     """
-    return _family(logits, labels, max_temperature, relu_temperature, margin, tying=None)
-
-
-def _family(logits, labels, max_temperature, relu_temperature, margin, tying):
-    """``family_loss`` with the relation of τr to τm that the caller knows: None, "hinge" or "tied"."""
-    logits, labels = check_logits_labels(logits, labels)
     check_temperature(max_temperature, "max_temperature")
     check_temperature(relu_temperature, "relu_temperature")
-    dtype = compute_dtype(logits.dtype)
-    shape = labels.shape
-    return _family_core(
-        logits.astype(dtype),
-        labels.astype(jnp.int32),
-        _per_example(max_temperature, shape, dtype, "max_temperature"),
-        _per_example(relu_temperature, shape, dtype, "relu_temperature"),
-        _per_example(margin, shape, dtype, "margin"),
-        tying,
-    )
+    return _loss(None, logits, labels, max_temperature, relu_temperature, margin, axis, where)
 
 
-def hard_loss(logits, labels, *, margin=0.0) -> jax.Array:
+def hard_loss(logits, labels, *, margin=0.0, axis=-1, where=None) -> jax.Array:
     """Multiclass hinge ``max(max_{i≠y} z_i − z_y + m, 0)``, per example.
 
     The multiclass perceptron at ``m = 0`` (zero on all-equal logits), Crammer–Singer's hinge at ``m = 1``.
     Its subgradient is +1 on the strongest rival (first index on ties) and −1 on the target of each
-    example whose loss is positive, zero elsewhere. It needs no exponentials.
+    example whose loss is positive, zero elsewhere. It needs no exponentials. ``axis`` and ``where`` as in
+    :func:`family_loss`.
     """
-    logits, labels = check_logits_labels(logits, labels)
-    dtype = compute_dtype(logits.dtype)
-    return _hard_core(
-        logits.astype(dtype),
-        labels.astype(jnp.int32),
-        _per_example(margin, labels.shape, dtype, "margin"),
-    )
+    return _loss("hard", logits, labels, 0.0, 0.0, margin, axis, where)
 
 
-def lse_loss(logits, labels, *, temperature=1.0, margin=0.0) -> jax.Array:
+def lse_loss(logits, labels, *, temperature=1.0, margin=0.0, axis=-1, where=None) -> jax.Array:
     """``max(τ·log Σ_{i≠y} exp(z_i/τ) − z_y + m, 0)``, per example: a smooth rival max, a hard hinge.
 
     Zero only when ``z_y − max_{i≠y} z_i ≥ m + implicit margin``, where the implicit margin
     ``smooth_max_τ(rivals) − max(rivals)`` lies in ``[0, τ·log(C−1)]``. Every rival gets gradient
-    ``softmax(rivals/τ)`` on active examples; τ = 0 gives :func:`hard_loss`.
+    ``softmax(rivals/τ)`` on active examples; τ = 0 gives :func:`hard_loss`. ``axis`` and ``where`` as in
+    :func:`family_loss`.
     """
     check_temperature(temperature)
-    return _family(logits, labels, temperature, 0.0, margin, tying="hinge")
+    return _loss("hinge", logits, labels, temperature, 0.0, margin, axis, where)
 
 
-def softmax_loss(logits, labels, *, temperature=1.0, margin=0.0) -> jax.Array:
+def softmax_loss(logits, labels, *, temperature=1.0, margin=0.0, axis=-1, where=None) -> jax.Array:
     """``τ·log(1 + Σ_{i≠y} exp((z_i − z_y + m)/τ))``, per example.
 
-    At τ = 1, m = 0 this is softmax cross-entropy; with cosine logits, τ = 1/s and m > 0 it is
-    AM-Softmax/CosFace. Its gradient is ``softmax((z + m·(1 − onehot))/τ) − onehot``; τ = 0 gives
-    :func:`hard_loss`. Bounds: ``hard ≤ softmax ≤ hard + τ·log C``.
+    At τ = 1, m = 0 this is softmax cross-entropy (optax's, ``axis`` and ``where`` included, see
+    :func:`family_loss`); with cosine logits, τ = 1/s and m > 0 it is AM-Softmax/CosFace. Its gradient is
+    ``softmax((z + m·(1 − onehot))/τ) − onehot``; τ = 0 gives :func:`hard_loss`. Bounds:
+    ``hard ≤ softmax ≤ hard + τ·log C``.
     """
     check_temperature(temperature)
-    return _family(logits, labels, temperature, temperature, margin, tying="tied")
+    return _loss("tied", logits, labels, temperature, temperature, margin, axis, where)
 
 
-def _hard_objective(logits, labels, *, temperature=0.0, margin=0.0):
+def _hard_objective(logits, labels, *, temperature=0.0, margin=0.0, axis=-1, where=None):
     """The hard member as an objective: the temperature is accepted and ignored (it is always 0)."""
     del temperature
-    return hard_loss(logits, labels, margin=margin)
+    return hard_loss(logits, labels, margin=margin, axis=axis, where=where)
 
 
 Objective = Callable[..., jax.Array]

@@ -12,27 +12,33 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from smoothmax.losses import _rivals, check_logits_labels, check_temperature, compute_dtype, smooth_max
+from smoothmax.losses import (
+    _is_target,
+    _rival_max,
+    _target_logit,
+    check_logits_labels,
+    check_temperature,
+    compute_dtype,
+    smooth_max,
+)
 
 __all__ = ["logit_margin", "implicit_margin", "implicit_margin_bound"]
 
 
 def logit_margin(logits, labels) -> jax.Array:
     """``z_y − max_{i≠y} z_i`` per example (> 0 means correctly classified)."""
-    logits, labels = check_logits_labels(logits, labels)
+    logits, labels, _ = check_logits_labels(logits, labels)
     z = logits.astype(compute_dtype(logits.dtype))
-    _, _, rivals, target = _rivals(z, labels)
-    return target - jnp.max(rivals, axis=-1)
+    return _target_logit(z, labels) - _rival_max(z, labels)
 
 
 def implicit_margin(logits, labels, *, temperature=1.0) -> jax.Array:
     """``smooth_max_τ(z_i, i≠y) − max_{i≠y} z_i`` per example, in ``[0, τ·log(C−1)]``."""
-    logits, labels = check_logits_labels(logits, labels)
+    logits, labels, _ = check_logits_labels(logits, labels)
     check_temperature(temperature)
     z = logits.astype(compute_dtype(logits.dtype))
-    _, _, rivals, _ = _rivals(z, labels)
-    tau = jnp.asarray(temperature, z.dtype)
-    gap = smooth_max(rivals, tau, axis=-1) - jnp.max(rivals, axis=-1)
+    rivals = ~_is_target(z, labels)
+    gap = smooth_max(z, temperature, where=rivals) - _rival_max(z, labels)
     # Clip the last ulp of rounding: the gap is never negative in exact arithmetic.
     return jnp.maximum(gap, 0.0)
 

@@ -1,6 +1,7 @@
 """The loss family against an independent float64 NumPy reference, plus limits, gradients and bad input."""
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -280,8 +281,9 @@ def test_lse_gradient_reaches_every_rival():
         lambda z, y, t, m: sm.lse_loss(z, y, temperature=t, margin=m),
     ],
 )
-# 7 classes with m > 0 go through the target mask; 40 classes with m < 0 through the unmasked sums.
-@pytest.mark.parametrize("classes, margin", [(7, 0.2), (40, -0.2)])
+# 7 classes go through the target mask; 40 classes through the unmasked sums for m < 0 and 0 < m <= τ·log 8
+# (0.4 at τ = 0.6), and through the target mask beyond (2.0).
+@pytest.mark.parametrize("classes, margin", [(7, 0.2), (40, -0.2), (40, 0.4), (40, 2.0)])
 def test_check_grads_in_logits_temperature_and_margin(loss, classes, margin):
     with jax.enable_x64(True):
         z, y = random_problem(6, 5, classes, 1.0)
@@ -477,3 +479,274 @@ def test_out_of_range_label_under_jit_gives_nan(name):
     assert np.isfinite(values[0]) and np.isnan(values[1]) and np.isnan(values[2])
     grads = jax.jit(jax.grad(lambda z, y: sm.objective(name)(z, y, temperature=0.5).sum()))(z, jnp.array([0, 7, 1]))
     assert np.any(np.isnan(grads[1])) and np.all(np.isfinite(grads[0]))
+
+
+# --------------------------------------------------------------------------- each path, called directly
+
+from smoothmax import losses  # noqa: E402
+
+PATHS = {
+    "tied_lse": losses._tied_lse,
+    "unmasked": losses._unmasked,
+    "unmasked_picked": losses._unmasked_picked,
+    "masked": losses._masked,
+    "rival_shifted": losses._rival_shifted,
+}
+TANGENTS = {"dense": losses._dense_tangent, "picked": losses._picked_tangent}
+
+
+def test_the_chooser_reaches_every_path():
+    # Moving a threshold must not drop a path that the tests below exercise directly.
+    reached, tangents = set(), set()
+    for tying in (None, "hinge", "tied"):
+        for classes in (2, losses._THRESHOLDS["cpu"].few_classes + 1):
+            for differentiated in (False, True):
+                plan = losses._plan(tying, classes, differentiated, losses._THRESHOLDS["cpu"])
+                reached |= {plan.no_margin, plan.small_margin, plan.large_margin}
+                tangents |= {plan.tangent} - {None}
+    assert losses._general in reached
+    reached = reached - {losses._general} | {losses._masked, losses._rival_shifted}  # _general's two
+    assert reached == set(PATHS.values()) and tangents == set(TANGENTS.values())
+
+
+def path_is_exact(name, ratio, m, tau):
+    """Where each path is exact (tau_r = ratio·tau): its conditions in losses._plan."""
+    if name == "tied_lse":
+        return ratio == 1.0 and m <= 0
+    if name.startswith("unmasked"):
+        return ratio <= 1.0 and m <= losses._MARGIN_BOUND * tau
+    return True
+
+
+@pytest.mark.parametrize("classes", [3, 10, 100])
+@pytest.mark.parametrize("name", list(PATHS))
+def test_each_path_matches_the_float64_reference(name, classes):
+    with jax.enable_x64(True):
+        z, y = random_problem(30 + classes, 12, classes, 2.0)
+        z = z.astype(np.float64)
+        z[0, y[0]] = np.delete(z[0], y[0]).max() + 40.0  # a dominant target
+        for ratio, m, tau in itertools.product((0.0, 0.5, 1.0, 2.0), (-0.5, 0.0, 0.3, 2.0), (0.0, 0.05, 0.7)):
+            if not path_is_exact(name, ratio, m, tau):
+                continue
+            t = np.full(12, tau)
+            f = PATHS[name](jnp.asarray(z), jnp.asarray(y), jnp.asarray(t), jnp.asarray(ratio * t), jnp.full(12, m))
+            if name == "masked" and not losses._masked_is_exact(jnp.asarray(z), f, t, ratio * t, m):
+                assert tau == 0 and m > 0  # a target at the row max: the rival max is not known
+                continue
+            want = ref_family(z, y, tau, ratio * tau, m)
+            np.testing.assert_allclose(f.loss, want, rtol=1e-9, atol=1e-9, err_msg=f"{ratio} {m} {tau}")
+
+
+# The pairs the chooser can make: the dense tangent reads masked exps (the target's entry 0).
+@pytest.mark.parametrize("name, tangent", [("unmasked_picked", "picked"), ("masked", "picked"), ("masked", "dense"),
+                                           ("rival_shifted", "picked"), ("rival_shifted", "dense")])
+def test_each_differentiated_path_has_exact_second_derivatives(name, tangent, monkeypatch):
+    # Every path of the gradient under the family's JVP rule, forced, in both modes to order 2.
+    path = PATHS[name]
+    plan = losses.Plan(no_margin=path, small_margin=path, large_margin=path, tangent=TANGENTS[tangent])
+    monkeypatch.setattr(losses, "_plan", lambda *args: plan)
+    with jax.enable_x64(True):
+        z, y = random_problem(40, 5, 12, 1.0)
+        z = z.astype(np.float64)
+        m = 0.3 if name == "unmasked_picked" else 1.5  # within _MARGIN_BOUND·τ for the unmasked sums
+
+        def f(z, t, m):
+            ones = jnp.ones(5)
+            return losses._family_core(z, jnp.asarray(y), t * ones, 0.7 * t * ones, m * ones, None)
+
+        check_grads(f, (z, 0.6, m), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(f(z, 0.6, m), ref_family(z, y, 0.6, 0.42, m), rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- as a library: eager calls, debug flags
+
+
+def test_eager_calls_compile_once_per_shape():
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    z, y = random_problem(50, 16, 10, 2.0)
+    calls = {
+        name: (lambda name: lambda z, t, m: sm.objective(name)(z, y, temperature=t, margin=m))(name)
+        for name in ("hard", "lse", "softmax")
+    }
+    calls["family"] = lambda z, t, m: sm.family_loss(z, y, max_temperature=t, relu_temperature=t / 2, margin=m)
+    for call in calls.values():  # warm up: one compilation each for the value and the gradient
+        call(z, 0.5, 0.1)
+        jax.grad(lambda z: call(z, 0.5, 0.1).sum())(z)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        for i, call in enumerate(calls.values()):
+            for t, m in ((0.3, -0.2), (1.0, 0.0), (0.0, 2.0), (2.0, 0.35)):
+                call(z + i, t, m)
+                jax.grad(lambda z: call(z, t, m).sum())(z)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+
+
+REGIMES = [(7, -0.2), (7, 0.3), (40, -0.2), (40, 0.3), (40, 2.0)]
+
+
+def member_call(name):
+    if name == "family":
+        return lambda z, y, t, m: sm.family_loss(z, y, max_temperature=t, relu_temperature=0.5 * t, margin=m)
+    return lambda z, y, t, m: sm.objective(name)(z, y, temperature=t, margin=m)
+
+
+@pytest.mark.parametrize("flag", ["debug_nans", "debug_nans_without_jit", "debug_infs"])
+@pytest.mark.parametrize("classes, margin", REGIMES)
+def test_valid_input_passes_under_debug_flags(flag, classes, margin):
+    z, y = random_problem(51, 6, classes, 3.0)
+    z[0, y[0]] = np.delete(z[0], y[0]).max() + 30.0  # a dominant target: the unmasked sum cancels to 0
+    config = {"debug_nans": jax.debug_nans, "debug_infs": jax.debug_infs}[flag.removesuffix("_without_jit")]
+    for name in ("hard", "lse", "softmax", "family"):
+        loss = member_call(name)
+        with config(True), jax.disable_jit(flag.endswith("without_jit")):
+            for t in (0.0, 0.05, 0.7):
+                values = loss(z, y, t, margin)
+                grads = jax.grad(lambda z, t, m: loss(z, y, t, m).sum(), argnums=(0, 1, 2))(jnp.asarray(z), t, margin)
+                assert np.all(np.isfinite(values)) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize("name", ["hard", "lse", "softmax", "family"])
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+@pytest.mark.parametrize("classes", [7, 40])
+def test_nan_logit_gives_nan_gradient_in_its_row_only(name, tau, classes):
+    z, y = random_problem(52, 4, classes, 1.0)
+    z[1, (y[1] + 1) % classes] = np.nan  # a rival
+    z[2, y[2]] = np.nan  # a target
+    loss = member_call(name)
+    for m in (0.0, 0.5):
+        values = np.asarray(loss(z, y, tau, m))
+        grads = np.asarray(jax.grad(lambda z: loss(z, y, tau, m).sum())(jnp.asarray(z)))
+        assert np.isnan(values[1]) and np.isnan(values[2]) and np.all(np.isfinite(values[[0, 3]]))
+        assert np.isnan(grads[1]).any() and np.isnan(grads[2]).any(), (name, tau, m)
+        assert np.all(np.isfinite(grads[[0, 3]]))
+
+
+def test_smooth_max_over_an_empty_axis_is_minus_inf_like_logsumexp():
+    for tau in (0.0, 0.5):
+        got = sm.smooth_max(jnp.zeros((3, 0)), tau)
+        np.testing.assert_array_equal(got, jax.nn.logsumexp(jnp.zeros((3, 0)), axis=-1))
+        np.testing.assert_array_equal(got, -np.inf)
+
+
+def test_smooth_max_takes_where_and_keepdims_like_logsumexp():
+    x, _ = random_problem(53, 4, 6, 2.0)
+    x = x.reshape(2, 2, 6)
+    mask = np.random.default_rng(53).random(x.shape) > 0.4
+    mask[0, 0] = False  # a slice with nothing left: -inf
+    for axis in (-1, 0, (0, 2)):
+        for keepdims in (False, True):
+            want = jax.nn.logsumexp(x, axis=axis, where=mask, keepdims=keepdims)
+            got = sm.smooth_max(x, 1.0, axis=axis, where=mask, keepdims=keepdims)
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+            hard = sm.smooth_max(x, 0.0, axis=axis, where=mask, keepdims=keepdims)
+            np.testing.assert_array_equal(hard, jnp.max(jnp.where(mask, x, -jnp.inf), axis=axis, keepdims=keepdims))
+
+
+# --------------------------------------------------------------------------- optax's arguments: axis and where
+
+
+def optax_and_ours(z, y, **kwargs):
+    def ours(z):
+        return sm.softmax_loss(z, y, temperature=1.0, **kwargs)
+
+    def theirs(z):
+        return optax.softmax_cross_entropy_with_integer_labels(z, y, **kwargs)
+
+    return [(f(z), jax.grad(lambda z: f(z).sum())(z), jax.jit(f)(z)) for f in (ours, theirs)]
+
+
+def assert_same_as_optax(z, y, **kwargs):
+    (value, grad, jitted), (want, want_grad, _) = optax_and_ours(jnp.asarray(z), jnp.asarray(y), **kwargs)
+    np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jitted, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [10, 100])
+def test_softmax_member_is_optax_with_axis_and_where(classes):
+    rng = np.random.default_rng(54)
+    z = (rng.standard_normal((3, 4, classes)) * 3).astype(np.float32)
+    y = rng.integers(0, classes, (3, 4))
+    assert_same_as_optax(z, y)
+    assert_same_as_optax(np.moveaxis(z, -1, 1), y, axis=1)
+    assert_same_as_optax(z, y, where=rng.random((3, 4)) > 0.3)  # an example mask
+    classes_kept = rng.random(z.shape) > 0.3
+    np.put_along_axis(classes_kept, y[..., None], True, axis=-1)  # optax's rule differs for masked targets
+    classes_kept[0, 0] = False
+    classes_kept[0, 0, y[0, 0]] = True  # no rival left
+    assert_same_as_optax(z, y, where=classes_kept)
+    # A tuple of axes: a label is a flat index into the slice, in the order given.
+    z4 = z.reshape(3, 4, 2, classes // 2)
+    assert_same_as_optax(z4.transpose(2, 0, 3, 1), y, axis=(0, 2))
+    assert_same_as_optax(z4.transpose(0, 3, 1, 2), y, axis=(3, 1))
+
+
+@pytest.mark.parametrize("name", ["hard", "lse", "softmax", "family"])
+def test_axis_and_where_on_every_member(name):
+    rng = np.random.default_rng(55)
+    z = (rng.standard_normal((6, 12)) * 2).astype(np.float32)
+    y = rng.integers(0, 12, 6)
+    loss = member_call(name)
+
+    def call(z, y, **kwargs):
+        return functools.partial(loss, t=0.4, m=0.3)(z, y) if not kwargs else (
+            sm.hard_loss(z, y, margin=0.3, **kwargs) if name == "hard" else
+            sm.family_loss(z, y, max_temperature=0.4, relu_temperature=0.2, margin=0.3, **kwargs)
+            if name == "family" else sm.objective(name)(z, y, temperature=0.4, margin=0.3, **kwargs))
+
+    plain = call(z, y)
+    np.testing.assert_allclose(call(z.T, y, axis=0), plain, rtol=1e-5)
+    np.testing.assert_allclose(call(z.reshape(6, 3, 4), y, axis=(1, 2)), plain, rtol=1e-5)
+    np.testing.assert_allclose(call(z.reshape(6, 3, 4).transpose(2, 0, 1), y, axis=(2, 0)),
+                               call(z.reshape(6, 3, 4).transpose(0, 2, 1).reshape(6, 12),
+                                    (y % 4) * 3 + y // 4), rtol=1e-5)
+    # An example mask: 0 for masked examples, whose labels are not checked (padding) and whose gradient is 0.
+    keep = np.array([True, False, True, True, False, True])
+    padded = np.where(keep, y, -1)
+    np.testing.assert_allclose(call(z, padded, where=keep), np.where(keep, plain, 0.0), rtol=1e-5)
+    grad = jax.grad(lambda z: call(z, padded, where=keep).sum())(jnp.asarray(z))
+    np.testing.assert_array_equal(grad[~keep], 0.0)
+    np.testing.assert_allclose(grad[keep], jax.grad(lambda z: call(z, y).sum())(jnp.asarray(z))[keep], atol=1e-6)
+    # A class mask: a masked rival is exactly a -inf logit; a masked target is still the target.
+    kept = rng.random(z.shape) > 0.4
+    want = call(np.where(kept, z, -np.inf), y)
+    target_kept = np.take_along_axis(kept, y[:, None], -1)[:, 0]
+    with_target = np.where(kept | (np.arange(12) == y[:, None]), z, -np.inf)
+    np.testing.assert_allclose(call(z, y, where=kept), call(with_target, y), rtol=1e-5)
+    np.testing.assert_allclose(call(z, y, where=kept)[target_kept], want[target_kept], rtol=1e-5)
+    assert np.all(np.asarray(call(z, y, where=kept)) >= 0)
+    grad = jax.grad(lambda z: call(z, y, where=kept).sum())(jnp.asarray(z))
+    assert np.all(grad[~kept & (np.arange(12) != y[:, None])] == 0)
+
+
+def test_masked_target_rule_tends_to_hard():
+    z, y = random_problem(56, 8, 10, 2.0)
+    kept = np.random.default_rng(56).random(z.shape) > 0.5
+    kept[np.arange(8), y] = False  # every target masked
+    hard = sm.hard_loss(z, y, margin=0.2, where=kept)
+    for name in ("lse", "softmax"):
+        gap = np.abs(sm.objective(name)(z, y, temperature=1e-4, margin=0.2, where=kept) - hard)
+        assert gap.max() <= 1e-4 * np.log(10) + 1e-6
+
+
+def test_bad_axis_and_where_raise_clear_errors():
+    z, y = jnp.zeros((3, 4)), jnp.array([0, 1, 2])
+    with pytest.raises(ValueError, match="out of range"):
+        sm.lse_loss(z, y, axis=2)
+    with pytest.raises(ValueError, match="repeats"):
+        sm.lse_loss(z.reshape(3, 2, 2), y, axis=(1, -2))
+    with pytest.raises(ValueError, match="int or a non-empty tuple"):
+        sm.lse_loss(z, y, axis=[1])
+    with pytest.raises(ValueError, match="neither a class mask"):
+        sm.softmax_loss(z, y, where=jnp.ones((4,), bool))
+    with pytest.raises(ValueError, match="boolean"):
+        sm.hard_loss(z, y, where=jnp.ones((3,)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        sm.hard_loss(z, jnp.array([0, 4, 1]), where=jnp.array([True, True, False]))
