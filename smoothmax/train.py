@@ -42,7 +42,7 @@ from smoothmax.losses import objective
 from smoothmax.margins import implicit_margin, implicit_margin_bound, logit_margin
 from smoothmax.models import make_model
 from smoothmax.provenance import provenance
-from smoothmax.workdir import claim
+from smoothmax.workdir import WorkdirError, claim
 
 # --------------------------------------------------------------------------- small helpers
 
@@ -431,16 +431,26 @@ def train_population(cfgs, workdirs, population_dir, *, restart: bool = False, p
 
 @contextlib.contextmanager
 def _claimed(workdirs, forms, *, restart):
-    """Claim every folder (see :mod:`smoothmax.workdir`) for the duration of a run; host 0 writes, the
-    other hosts of a multi-host run check alike and wait for it."""
-    writer = jax.process_index() == 0
+    """Claim every folder (see :mod:`smoothmax.workdir`) for the duration of a run.
+
+    Host 0 of a multi-host run claims (locks, checks, writes) and tells the other hosts whether it could:
+    every host goes on, or every host stops, instead of some waiting forever for the others.
+    """
     with contextlib.ExitStack() as stack:
-        for workdir, form in zip(workdirs, forms):
-            stack.callback(claim(workdir, form, restart=restart, writer=writer).release)
+        refusal = None
+        if jax.process_index() == 0:
+            try:
+                for workdir, form in zip(workdirs, forms):
+                    stack.callback(claim(workdir, form, restart=restart).release)
+            except Exception as err:  # noqa: BLE001 (re-raised below, after the other hosts are told)
+                refusal = err
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("smoothmax: workdirs claimed")
+            if multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)) and refusal is None:
+                refusal = WorkdirError(f"host 0 refused workdir {workdirs[0]}: its log says why")
+        if refusal is not None:
+            raise refusal
         yield
 
 

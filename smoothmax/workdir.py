@@ -58,24 +58,21 @@ def discard_run(workdir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def claim(workdir, form: dict, *, restart: bool = False, writer: bool = True) -> ExclusiveLock:
+def claim(workdir, form: dict, *, restart: bool = False) -> ExclusiveLock:
     """Lock ``workdir`` for the experiment whose canonical form is ``form``; see the module's table.
 
-    Returns the held lock (release it when the run ends). ``writer=False`` (a process other than the
-    first of a multi-host run) only checks, and neither locks nor writes: every process refuses alike.
+    Returns the held lock (release it when the run ends).
     """
     workdir = Path(workdir)
     lock = ExclusiveLock(workdir / ".lock")
-    if writer:
-        try:
-            lock.acquire()
-        except Locked as err:
-            raise WorkdirBusy(f"workdir {workdir} is in use by another process ({err})") from None
+    try:
+        lock.acquire()
+    except Locked as err:
+        raise WorkdirBusy(f"workdir {workdir} is in use by another process ({err})") from None
     try:
         recorded = read_record(workdir)
         if restart:
-            if writer:
-                discard_run(workdir)
+            discard_run(workdir)
         elif recorded is not None and recorded["canonical"] != form:
             changed = "; ".join(differences(recorded["canonical"], form))
             raise WorkdirError(
@@ -87,7 +84,7 @@ def claim(workdir, form: dict, *, restart: bool = False, writer: bool = True) ->
                 f"workdir {workdir} holds run files but no {RECORD}: choose a new --workdir, or pass "
                 "--restart to discard them"
             )
-        if writer and read_record(workdir) is None:
+        if read_record(workdir) is None:
             atomic_write_text(workdir / RECORD, json.dumps({"canonical": form}, indent=2))
     except BaseException:
         lock.release()

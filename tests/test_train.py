@@ -284,7 +284,9 @@ TWO_HOSTS = textwrap.dedent("""
     jax.distributed.initialize(f"127.0.0.1:{{port}}", num_processes=2, process_id=process)
     from test_train import tiny_config
     from smoothmax import train
-    s = train.train_and_evaluate(tiny_config(name="lse", temperature=0.5), workdir, progress=False)
+    c = tiny_config(name="lse", temperature=0.5)
+    c.optimizer.learning_rate = float(sys.argv[4])
+    s = train.train_and_evaluate(c, workdir, progress=False)
     print(json.dumps({{"devices": s["devices"], "acc": s["test_accuracy"], "loss": s["test_loss"],
                       "processes": s["provenance"]["processes"]}}))
 """)
@@ -300,9 +302,13 @@ def test_two_local_processes_train_like_one(tmp_path, tiny_data):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    hosts = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "two"), str(i), port], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-    outputs = [h.communicate(timeout=600) for h in hosts]
+    def two_hosts(learning_rate):
+        hosts = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "two"), str(i), port,
+                                   str(learning_rate)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for i in (0, 1)]
+        return hosts, [h.communicate(timeout=300) for h in hosts]
+
+    hosts, outputs = two_hosts(0.05)
     for h, (_, err) in zip(hosts, outputs):
         assert h.returncode == 0, err[-3000:]
     single = train.train_and_evaluate(tiny_config(name="lse", temperature=0.5), tmp_path / "one", progress=False,
@@ -313,6 +319,11 @@ def test_two_local_processes_train_like_one(tmp_path, tiny_data):
         assert two["loss"] == pytest.approx(single["test_loss"], rel=2e-2)
         assert abs(two["acc"] - single["test_accuracy"]) <= 0.03
     assert read_metrics(tmp_path / "two")[-1]["epoch"] == 2
+    # Another config into the same workdir: host 0 refuses it, and host 1 stops too instead of waiting.
+    hosts, outputs = two_hosts(0.02)
+    assert [h.returncode for h in hosts] == [1, 1]
+    assert "optimizer.learning_rate: 0.05 -> 0.02" in outputs[0][1]
+    assert "host 0 refused workdir" in outputs[1][1]
 
 
 def test_validation_split_chooses_and_the_test_set_is_read_once(tmp_path, tiny_data):
