@@ -372,7 +372,7 @@ def _finish(z, labels, tau_m, tau_r, margin, rival_max, shift, total, exps, targ
 
     The total is 0 only where every rival is -inf (the loss is 0), where the unmasked sum cancelled on a
     row whose loss the path's exactness rule keeps below a few τ·eps, or where ``_masked`` lost every
-    rival to underflow (``_masked_is_exact`` sends such rows elsewhere).
+    rival to underflow (``_masked_is_exact`` keeps such loss below τr·e^-30).
     """
     target = _target_logit(z, labels)
     info = jnp.finfo(total.dtype)
@@ -430,9 +430,10 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
 
         L = τ·log(1 + e^a·(S − e^b)/e^b) = s + τ·log(e^a·S + (1 − e^a)·e^b) − z_y
 
-    For m ≤ 0 both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp. (For
-    m > 0 the second term is negative: a loss that should be exactly 0, all rivals -inf, comes out at a few
-    τ·eps, hence ``_unmasked`` there.) The two per-example exps
+    For m ≤ 0 both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp. For
+    0 < m ≤ τ·log 8 the second term is negative and cancels at most ``e^{m/τ} ≤ 8`` ulps of the first: the
+    loss keeps an absolute error of a few τ·eps, as cross-entropy by log-sum-exp does. The two per-example
+    exps
     are taken relative to ``d = max(a, b)``, so that a large negative margin and a far-behind target
     cannot underflow together. This drops the per-example softplus of ``_finish``, which for few classes
     costs as much as the reductions. At τ = 0 the loss is the hinge over the row max.
@@ -442,9 +443,12 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
     safe_tau = _safe_tau(tau_m)
     total = jnp.sum(exps, axis=-1)
     d, inner = lax.cond(jnp.all(margin == 0), _no_margin_terms, _margin_terms, total, target, shift, safe_tau, margin)
-    smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
-    loss = jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
     target_exp = jnp.exp((target - shift) / safe_tau)
+    # A +inf target beats every finite rival, and no rival mass at all (the target's term is the whole
+    # sum) gives exactly 0: the formula would give inf − inf, or a few τ·eps for m > 0.
+    nothing_to_beat = jnp.isposinf(target) | (total == target_exp)
+    smooth_loss = jnp.where(nothing_to_beat, 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
+    loss = jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
     rest = _finish(z, labels, tau_m, tau_r, margin, peak, shift, _unmasked_total(exps, target_exp, target),
                    exps, target_exp)
     return rest._replace(loss=loss)
@@ -466,8 +470,8 @@ def _masked(z, labels, tau_m, tau_r, margin):
     """The rival sum through the target mask, shifted by the row max: no cancellation at any margin.
 
     The exps are at most 1 (no overflow, whatever the target's lead), and the mask is a select after the
-    exp, which XLA:CPU keeps inside its fused exp-sum. Inexact only where the shift by the row max loses
-    rivals to underflow (see ``_masked_is_exact``); ``_rival_shifted`` takes over there.
+    exp, which XLA:CPU keeps inside its fused exp-sum. Exact wherever a rival lost to underflow could not
+    change the loss (``_masked_is_exact``), and at τm > 0 only.
     """
     peak, shift, exps = _shifted_exps(z, tau_m)
     exps = jnp.where(_is_target(z, labels), 0.0, exps)
@@ -498,25 +502,22 @@ _FAR_BELOW = -1e4
 # on rows where the target dominates; such rows matter only if m/τm is large (see ``_fast_is_exact``).
 _MARGIN_BOUND = float(np.log(8.0))
 
-# Below this many ulps of log, a loss counts as exactly 0 for the masked path's underflow rule.
+# A loss below τr·e^-30 counts as exactly 0 for the masked path's underflow rule.
 _NEGLIGIBLE = 30.0
 
 
-def _masked_is_exact(z, f: Forward, tau_m, tau_r, margin):
-    """Per row: whether the row-max shift of ``_masked`` lost nothing that changes the loss.
+def _masked_is_exact(tau_m, tau_r, margin, num_classes, dtype):
+    """Whether ``_masked`` is exact for the whole batch (a scalar, from τ and m alone).
 
-    Rivals more than ~87·τm (float32) below the row max underflow to 0, each losing under ``tiny``. The
-    loss is still exact where the rival sum R is far above the lost mass (R ≥ C·tiny/eps), or where even
-    the largest rival sum it could stand for leaves the loss below τr·e^-30 (u ≤ −30·τr; for the hinge,
-    u ≤ 0). At τm = 0 the row max is the rival max unless the target holds it. NaN rows are NaN either way.
+    Shifted by the row max, rivals more than ~87·τm (float32) below it underflow, each losing under
+    ``tiny``: the rival sum R is exact to eps where R ≥ floor = C·tiny/eps, and below that the loss is
+    at most ``τr·softplus((τm·log floor + m)/τr)`` (the target then holds the row max). So every row is
+    exact, or its loss below τr·e^-30 (0 for the hinge), when ``m ≤ τm·(−log floor) − 30·τr``: m/τm up to
+    ~34 in float32 with 1000 classes (AM-Softmax's s·m is 10.5). At τm = 0 the row max is not the rival max.
     """
-    info = jnp.finfo(z.dtype)
-    floor = z.shape[-1] * info.tiny / info.eps
-    largest = (f.shift - f.target) + _safe_tau(tau_m) * jnp.log(jnp.maximum(floor, f.total)) + margin
-    # At τm = 0 the row max bounds the rival max from above.
-    u_upper = jnp.where(tau_m > 0, largest, f.u)
-    kept = jnp.where(tau_m > 0, f.total >= floor, f.target < f.rival_max)
-    return jnp.all(kept | (u_upper <= -_NEGLIGIBLE * tau_r) | jnp.isnan(f.total))
+    info = jnp.finfo(dtype)
+    reach = -float(np.log(num_classes * float(info.tiny) / float(info.eps)))
+    return jnp.all((tau_m > 0) & (margin <= reach * tau_m - _NEGLIGIBLE * tau_r))
 
 
 def _fast_is_exact(tau_m, tau_r, margin, tying, bound):
@@ -564,11 +565,14 @@ def _per_backend(fn, *args):
 
 
 class Plan(NamedTuple):
-    """The paths of one call by margin, each ``path(z, labels, τm, τr, m) -> Forward``, and its tangent."""
+    """The paths of one call by margin, each ``path(z, labels, τm, τr, m) -> Forward``, and its tangent.
+
+    Where none applies (m/τm beyond ``_masked_is_exact``; τm = 0 with m > 0), ``_rival_shifted``.
+    """
 
     no_margin: Callable       # m ≤ 0 (and τr ≤ τm)
     small_margin: Callable    # 0 < m ≤ τm·log 8 (and τr ≤ τm)
-    large_margin: Callable    # anything else
+    large_margin: Callable    # m ≤ τm·(−log floor) − 30·τr (``_masked_is_exact``)
     tangent: Callable | None  # the gradient's [B, C] pass (None for a value-only call)
 
 
@@ -577,62 +581,49 @@ def _plan(tying, num_classes, differentiated, thresholds: Thresholds) -> Plan:
 
     | path | taken when | why |
     |---|---|---|
-    | ``_tied_lse`` | softmax (τr ≡ τm), value only, m ≤ 0 | one log-sum-exp, no per-example softplus |
+    | ``_tied_lse`` | softmax (τr ≡ τm), value only, m ≤ τ·log 8 | one log-sum-exp, no per-example softplus |
     | ``_unmasked`` | value only, m ≤ τm·log 8 and τr ≤ τm, unless ``_tied_lse`` | exp-sum over raw logits, exps not stored |
     | ``_unmasked_picked`` | gradient, more than ``few_classes``, m ≤ τm·log 8 and τr ≤ τm | exps stored once, reused by the gradient |
-    | ``_general`` (``_masked``) | more than ``few_classes`` or value only, any other m | exact at any m; the mask a select after the exp |
-    | ``_general`` (``_rival_shifted``) | where ``_masked`` loses rivals to underflow (m/τm ≳ 60; τm = 0, m > 0 and a target at its row max) | exact at any input |
-    | ``_rival_shifted`` | gradient, up to ``few_classes`` | one masked pass feeds the dense gradient: no per-example work, no check |
+    | ``_masked`` | value only or more than ``few_classes``, larger m up to ~34·τm | exact there; one plain max, the mask a select after the exp |
+    | ``_rival_shifted`` | anything else; every gradient up to ``few_classes`` | exact at any input; for few classes one masked pass feeds the dense gradient |
     | ``_picked_tangent`` | gradient, more than ``few_classes`` | a mask in the [B, C] gradient pass costs more than one scatter |
     | ``_dense_tangent`` | gradient, up to ``few_classes`` | the per-example picks and the scatter cost more than the mask |
 
-    The margin bounds are checked at run time on the whole batch (a ``cond`` on a scalar, see
-    ``_fast_is_exact``); the class count and whether the call is differentiated are known when tracing.
+    The margin bounds are checked at run time on the whole batch (``cond`` on scalars, see
+    ``_fast_is_exact`` and ``_masked_is_exact``); the class count and whether the call is differentiated
+    are known when tracing.
     """
     if not differentiated:
-        return Plan(no_margin=_tied_lse if tying == "tied" else _unmasked, small_margin=_unmasked,
-                    large_margin=_general, tangent=None)
+        fast = _tied_lse if tying == "tied" else _unmasked
+        return Plan(no_margin=fast, small_margin=fast, large_margin=_masked, tangent=None)
     if num_classes > thresholds.few_classes:
-        return Plan(no_margin=_unmasked_picked, small_margin=_unmasked_picked, large_margin=_general,
+        return Plan(no_margin=_unmasked_picked, small_margin=_unmasked_picked, large_margin=_masked,
                     tangent=_picked_tangent)
     return Plan(no_margin=_rival_shifted, small_margin=_rival_shifted, large_margin=_rival_shifted,
                 tangent=_dense_tangent)
 
 
-def _general(z, labels, tau_m, tau_r, margin, project=lambda f: f):
-    """``_masked``, or ``_rival_shifted`` for the whole batch where ``_masked`` is not exact on some row.
-
-    ``project`` picks what leaves the ``cond`` (the loss alone for a value-only call): whatever leaves it
-    is materialised.
-    """
-    f = _masked(z, labels, tau_m, tau_r, margin)
-    return lax.cond(_masked_is_exact(z, f, tau_m, tau_r, margin), lambda *_: project(f),
-                    lambda *ops: project(_rival_shifted(*ops)), z, labels, tau_m, tau_r, margin)
-
-
 def _forward(thresholds, z, labels, tau_m, tau_r, margin, *, tying, differentiated):
     """The family's forward pass along ``_plan``'s paths (a value-only call: its loss alone)."""
     plan = _plan(tying, z.shape[-1], differentiated, thresholds)
-    project = (lambda f: f) if differentiated else (lambda f: f.loss)
 
     def run(path):
-        if path is _general:
-            return functools.partial(_general, project=project)
-        return lambda *ops: project(path(*ops))
+        return path if differentiated else lambda *ops: path(*ops).loss
 
     ops = (z, labels, tau_m, tau_r, margin)
-    if plan.no_margin is plan.small_margin is plan.large_margin:
-        return run(plan.no_margin)(*ops)
+    if plan.no_margin is plan.small_margin is plan.large_margin is _rival_shifted:
+        return run(_rival_shifted)(*ops)
+
+    def beyond(*ops):
+        masked_exact = _masked_is_exact(tau_m, tau_r, margin, z.shape[-1], z.dtype)
+        return lax.cond(masked_exact, run(plan.large_margin), run(_rival_shifted), *ops)
+
+    def small(*ops):
+        return lax.cond(_fast_is_exact(tau_m, tau_r, margin, tying, _MARGIN_BOUND), run(plan.small_margin),
+                        beyond, *ops)
+
     # m ≤ 0 first: its predicate stays unbatched under a vmap over temperatures (a real branch).
-    return lax.cond(
-        _fast_is_exact(tau_m, tau_r, margin, tying, bound=0.0),
-        run(plan.no_margin),
-        lambda *ops: lax.cond(
-            _fast_is_exact(tau_m, tau_r, margin, tying, _MARGIN_BOUND), run(plan.small_margin),
-            run(plan.large_margin), *ops
-        ),
-        *ops,
-    )
+    return lax.cond(_fast_is_exact(tau_m, tau_r, margin, tying, 0.0), run(plan.no_margin), small, *ops)
 
 
 def _loss_only(thresholds, *ops, tying):
