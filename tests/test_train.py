@@ -74,11 +74,8 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, tiny_data):
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
-    c = tiny_config(name="softmax", temperature=0.5, final_temperature=0.1)
-    c.epochs = 3
-    train.train_and_evaluate(c, tmp_path / "full", progress=False, dataset=tiny_data)
-
+def interrupt_at_second_evaluation(monkeypatch, run):
+    """Call ``run()`` with a KeyboardInterrupt raised at its second evaluation (a kill during epoch 2)."""
     real_evaluate, calls = train.evaluate, []
 
     def crash_on_second_eval(*args, **kwargs):
@@ -89,9 +86,18 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_data
 
     monkeypatch.setattr(train, "evaluate", crash_on_second_eval)
     with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(c, tmp_path / "cut", progress=False, dataset=tiny_data)
-    assert len(read_metrics(tmp_path / "cut")) == 1
+        run()
     monkeypatch.setattr(train, "evaluate", real_evaluate)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
+    c = tiny_config(name="softmax", temperature=0.5, final_temperature=0.1)
+    c.epochs = 3
+    train.train_and_evaluate(c, tmp_path / "full", progress=False, dataset=tiny_data)
+
+    interrupt_at_second_evaluation(
+        monkeypatch, lambda: train.train_and_evaluate(c, tmp_path / "cut", progress=False, dataset=tiny_data))
+    assert len(read_metrics(tmp_path / "cut")) == 1
     train.train_and_evaluate(c, tmp_path / "cut", progress=False, dataset=tiny_data)
     assert read_metrics(tmp_path / "cut") == read_metrics(tmp_path / "full")
 
@@ -168,18 +174,8 @@ def test_restart_leaves_nothing_of_the_old_run(tmp_path, tiny_data, monkeypatch)
     new.optimizer.learning_rate = 0.02
     train.train_and_evaluate(new, tmp_path / "fresh", progress=False, dataset=tiny_data)
 
-    real_evaluate, calls = train.evaluate, []
-
-    def crash_on_second_eval(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated kill during epoch 2")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(train, "evaluate", crash_on_second_eval)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(new, tmp_path / "w", restart=True, progress=False, dataset=tiny_data)
-    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    interrupt_at_second_evaluation(monkeypatch, lambda: train.train_and_evaluate(
+        new, tmp_path / "w", restart=True, progress=False, dataset=tiny_data))
     train.train_and_evaluate(new, tmp_path / "w", progress=False, dataset=tiny_data)
     assert read_metrics(tmp_path / "w") == read_metrics(tmp_path / "fresh")
 
