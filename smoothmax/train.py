@@ -42,7 +42,7 @@ from smoothmax.losses import objective
 from smoothmax.margins import implicit_margin, implicit_margin_bound, logit_margin
 from smoothmax.models import make_model
 from smoothmax.provenance import provenance
-from smoothmax.workdir import WorkdirError, claim
+from smoothmax.workdir import WorkdirBusy, WorkdirError, claim
 
 # --------------------------------------------------------------------------- small helpers
 
@@ -447,8 +447,12 @@ def _claimed(workdirs, forms, *, restart):
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            if multihost_utils.broadcast_one_to_all(np.int32(refusal is not None)) and refusal is None:
-                refusal = WorkdirError(f"host 0 refused workdir {workdirs[0]}: its log says why")
+            # 0: claimed; 1: busy (a sweep skips the point on every host); 2: refused.
+            code = 0 if refusal is None else 1 if isinstance(refusal, WorkdirBusy) else 2
+            code = int(multihost_utils.broadcast_one_to_all(np.int32(code)))
+            if code and refusal is None:
+                kind = WorkdirBusy if code == 1 else WorkdirError
+                refusal = kind(f"host 0 refused workdir {workdirs[0]}: its log says why")
         if refusal is not None:
             raise refusal
         yield
