@@ -2,7 +2,7 @@
 # The objectives study in the README, end to end: the sweep, its report, and a copy of the report's table,
 # CSV and figures into experiments/results/study/ (what the README shows).
 #
-#   bash experiments/study.sh [workdir]        # default runs/study; about 25 min on the 2-core CPU
+#   bash experiments/study.sh [workdir]        # default runs/study; about 40 min on the 2-core CPU
 #
 # Rerunning skips finished points and resumes an interrupted one from its checkpoint.
 set -euo pipefail
