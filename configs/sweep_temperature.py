@@ -9,8 +9,8 @@ is the official archive (downloaded once, md5-checked, cached) unless ``$SMOOTHM
     smoothmax sweep --config configs/sweep_temperature.py --workdir runs/sweep
     smoothmax report runs/sweep
 
-Variant ``:full`` uses the full CPU recipe per point (8 epochs, widths 32/64/128: hours on a CPU, minutes on
-a GPU). For error bars add seeds to SEEDS (``SEEDS = (0, 1, 2)``) and rerun into the same workdir: the
+Variant ``:full`` runs each point at the CPU recipe's widths (32/64/128) for 8 epochs, with a 16-channel stem
+and no flip TTA (estimated, not measured: about 6 h on this CPU). For error bars add seeds to SEEDS (``SEEDS = (0, 1, 2)``) and rerun into the same workdir: the
 finished seed-0 points are kept and the report pools the seeds. The grid sets ``seed``, so ``--config.seed``
 is an error here.
 """
