@@ -430,25 +430,26 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
 
         L = τ·log(1 + e^a·(S − e^b)/e^b) = s + τ·log(e^a·S + (1 − e^a)·e^b) − z_y
 
-    For m ≤ 0 both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp. For
-    0 < m ≤ τ·log 8 the second term is negative and cancels at most ``e^{m/τ} ≤ 8`` ulps of the first: the
-    loss keeps an absolute error of a few τ·eps, as cross-entropy by log-sum-exp does. The two per-example
-    exps
-    are taken relative to ``d = max(a, b)``, so that a large negative margin and a far-behind target
-    cannot underflow together. This drops the per-example softplus of ``_finish``, which for few classes
-    costs as much as the reductions. At τ = 0 the loss is the hinge over the row max.
+    For m ≤ 0 both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp. The
+    two per-example exps are then taken relative to ``d = max(a, b)``, so that a large negative margin and
+    a far-behind target cannot underflow together. For 0 < m ≤ τ·log 8 the form ``e^b + e^a·(S − e^b)``
+    cancels at most ``e^a ≤ 8`` ulps (an absolute error of a few τ·eps, as cross-entropy by log-sum-exp
+    has) and gives exactly 0 where no rival mass is left. This drops the per-example softplus of
+    ``_finish``, which for few classes costs as much as the reductions. At τ = 0 the loss is the hinge
+    over the row max.
     """
     peak, shift, exps = _shifted_exps(z, tau_m)
     target = _target_logit(z, labels)
     safe_tau = _safe_tau(tau_m)
     total = jnp.sum(exps, axis=-1)
-    d, inner = lax.cond(jnp.all(margin == 0), _no_margin_terms, _margin_terms, total, target, shift, safe_tau, margin)
-    target_exp = jnp.exp((target - shift) / safe_tau)
-    # A +inf target beats every finite rival, and no rival mass at all (the target's term is the whole
-    # sum) gives exactly 0: the formula would give inf − inf, or a few τ·eps for m > 0.
-    nothing_to_beat = jnp.isposinf(target) | (total == target_exp)
-    smooth_loss = jnp.where(nothing_to_beat, 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
+    # A scalar switch: no margin, margins ≥ 0, any others (mixed signs included).
+    which = jnp.where(jnp.all(margin == 0), 0, jnp.where(jnp.all(margin >= 0), 1, 2))
+    d, inner = lax.switch(which, (_no_margin_terms, _positive_margin_terms, _margin_terms),
+                          total, target, shift, safe_tau, margin)
+    # A +inf target beats every finite rival (the formula would give inf − inf).
+    smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
     loss = jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
+    target_exp = jnp.exp((target - shift) / safe_tau)
     rest = _finish(z, labels, tau_m, tau_r, margin, peak, shift, _unmasked_total(exps, target_exp, target),
                    exps, target_exp)
     return rest._replace(loss=loss)
@@ -457,6 +458,13 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
 def _no_margin_terms(total, target, shift, safe_tau, margin):
     # Cross-entropy itself, the common case: the scalar cond skips three per-example transcendentals.
     return jnp.zeros_like(total), total
+
+
+def _positive_margin_terms(total, target, shift, safe_tau, margin):
+    # 0 ≤ m ≤ τ·log 8: e^a ≤ 8 cannot overflow and e^b = 1 where the target holds the row max, so no rescale
+    # is needed, and with no rival mass left (the target's term the whole sum) the loss is exactly 0.
+    target_term = jnp.exp((target - shift) / safe_tau)
+    return jnp.zeros_like(total), target_term + jnp.exp(margin / safe_tau) * (total - target_term)
 
 
 def _margin_terms(total, target, shift, safe_tau, margin):
@@ -555,8 +563,12 @@ def _per_backend(fn, *args):
     """``fn(thresholds, *args)`` with the thresholds of the backend it is lowered for.
 
     ``lax.platform_dependent`` picks the branch when lowering, so a jitted caller compiled for a GPU gets
-    the GPU's thresholds (``jax.default_backend()`` at trace time could name another device).
+    the GPU's thresholds (``jax.default_backend()`` at trace time could name another device). While all
+    backends share one set it is not used: its linearisation carries every branch's residuals, which cost
+    ~5 % of a few-class gradient on XLA:CPU (README, "Benchmarks").
     """
+    if len(set(_THRESHOLDS.values())) == 1:
+        return fn(_THRESHOLDS["default"], *args)
     return lax.platform_dependent(
         *args,
         cpu=functools.partial(fn, _THRESHOLDS["cpu"]),

@@ -748,3 +748,20 @@ def test_bad_axis_and_where_raise_clear_errors():
         sm.hard_loss(z, y, where=jnp.ones((3,)))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
         sm.hard_loss(z, jnp.array([0, 4, 1]), where=jnp.array([True, True, False]))
+
+
+def test_per_backend_thresholds_choose_at_lowering(monkeypatch):
+    # With thresholds that differ by backend, lax.platform_dependent picks CPU's when lowering for CPU.
+    thresholds = {"cpu": losses.Thresholds(few_classes=4), "default": losses.Thresholds(few_classes=1000)}
+    monkeypatch.setattr(losses, "_THRESHOLDS", thresholds)
+    z, y = random_problem(57, 6, 10, 1.0)
+
+    def f(z, t, m):
+        ones = jnp.ones(6)
+        return losses._family_core(z, jnp.asarray(y), t * ones, t * ones, m * ones, "tied")
+
+    lowered = jax.jit(jax.grad(lambda z: f(z, 0.5, 0.0).sum())).lower(jnp.asarray(z)).as_text()
+    assert "scatter" in lowered  # the picked tangent of more than few_classes (4 on CPU, 1000 elsewhere)
+    np.testing.assert_allclose(f(z, 0.5, 0.2), ref_family(z, y, 0.5, 0.5, 0.2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.grad(lambda z: f(z, 0.5, 0.2).sum())(jnp.asarray(z)),
+                               ref_family_grad(z, y, 0.5, 0.5, 0.2), atol=1e-6)
