@@ -461,6 +461,7 @@ def _claimed(workdirs, forms, *, restart):
 def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, dataset) -> list[dict]:
     """The loop: train the members from their last checkpoint to the end, evaluate, write their files."""
     start_time = time.time()
+    where = provenance()  # now, while the code that runs is the code on disk
     writer = jax.process_index() == 0
     cfg = cfgs[0]
     ds, validation = split_data(dataset if dataset is not None else load_data(cfg), cfg.data)
@@ -540,7 +541,7 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     manager.close()
     phases["training_seconds"] = sum(epoch_seconds)
     return _write_summaries(cfgs, workdirs, histories, ds, program, elapsed(), epoch_seconds, steps_per_epoch,
-                            phases)
+                            phases, where)
 
 
 def _evaluation_rows(program, state, cfg, ds, validation, final: bool, temperature, margin) -> list[dict]:
@@ -568,14 +569,13 @@ def _evaluation_rows(program, state, cfg, ds, validation, final: bool, temperatu
 
 
 def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds, steps_per_epoch,
-                     phases) -> list[dict]:
+                     phases, where) -> list[dict]:
     """Each member's ``summary.json``: its final metrics, the cost of the run and where it ran."""
     # Throughput in steady state: the first epoch of a process pays for compilation. None when this
     # process trained nothing.
     steady = epoch_seconds[1:] or epoch_seconds
     batch = cfgs[0].data.batch_size
     images_per_second = len(steady) * steps_per_epoch * batch * len(cfgs) / sum(steady) if steady else None
-    where = provenance()
     summaries = []
     for c, w, history in zip(cfgs, workdirs, histories):
         final = history[-1]
