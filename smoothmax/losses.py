@@ -596,8 +596,8 @@ def _plan(tying, num_classes, differentiated, thresholds: Thresholds) -> Plan:
     | ``_tied_lse`` | softmax (τr ≡ τm), value only, m ≤ τ·log 8 | one log-sum-exp, no per-example softplus |
     | ``_unmasked`` | value only, m ≤ τm·log 8 and τr ≤ τm, unless ``_tied_lse`` | exp-sum over raw logits, exps not stored |
     | ``_unmasked_picked`` | gradient, more than ``few_classes``, m ≤ τm·log 8 and τr ≤ τm | exps stored once, reused by the gradient |
-    | ``_masked`` | value only or more than ``few_classes``, larger m up to ~34·τm | exact there; one plain max, the mask a select after the exp |
-    | ``_rival_shifted`` | anything else; every gradient up to ``few_classes`` | exact at any input; for few classes one masked pass feeds the dense gradient |
+    | ``_masked`` | larger m up to ~34·τm; a gradient up to ``few_classes`` at any such m | exact there; one plain max, the mask a select after the exp |
+    | ``_rival_shifted`` | anything else (m/τm beyond that; τm = 0 with m > 0) | exact at any input |
     | ``_picked_tangent`` | gradient, more than ``few_classes`` | a mask in the [B, C] gradient pass costs more than one scatter |
     | ``_dense_tangent`` | gradient, up to ``few_classes`` | the per-example picks and the scatter cost more than the mask |
 
@@ -611,8 +611,7 @@ def _plan(tying, num_classes, differentiated, thresholds: Thresholds) -> Plan:
     if num_classes > thresholds.few_classes:
         return Plan(no_margin=_unmasked_picked, small_margin=_unmasked_picked, large_margin=_masked,
                     tangent=_picked_tangent)
-    return Plan(no_margin=_rival_shifted, small_margin=_rival_shifted, large_margin=_rival_shifted,
-                tangent=_dense_tangent)
+    return Plan(no_margin=_masked, small_margin=_masked, large_margin=_masked, tangent=_dense_tangent)
 
 
 def _forward(thresholds, z, labels, tau_m, tau_r, margin, *, tying, differentiated):
@@ -623,8 +622,6 @@ def _forward(thresholds, z, labels, tau_m, tau_r, margin, *, tying, differentiat
         return path if differentiated else lambda *ops: path(*ops).loss
 
     ops = (z, labels, tau_m, tau_r, margin)
-    if plan.no_margin is plan.small_margin is plan.large_margin is _rival_shifted:
-        return run(_rival_shifted)(*ops)
 
     def beyond(*ops):
         masked_exact = _masked_is_exact(tau_m, tau_r, margin, z.shape[-1], z.dtype)
