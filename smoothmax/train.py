@@ -42,7 +42,7 @@ from smoothmax.losses import objective
 from smoothmax.margins import implicit_margin, implicit_margin_bound, logit_margin
 from smoothmax.models import make_model
 from smoothmax.provenance import provenance
-from smoothmax.workdir import WorkdirBusy, WorkdirError, claim
+from smoothmax.workdir import TimeLedger, WorkdirBusy, WorkdirError, claim
 
 # --------------------------------------------------------------------------- small helpers
 
@@ -123,17 +123,12 @@ def static_key(cfg) -> str:
 
 @struct.dataclass
 class TrainState:
-    """One member's training state; a population stacks members along a leading axis.
-
-    ``elapsed`` is the wall time spent on this state so far, summed over every process that trained it
-    (it travels with the checkpoint, so a killed and resumed run still reports its whole cost).
-    """
+    """One member's training state; a population stacks members along a leading axis."""
 
     params: Any  # {"model": the network's parameters, "log_temperature": log τ when τ is learned}
     rest: Any  # BatchNorm statistics and other non-parameter variables
     opt_state: Any
     step: jax.Array
-    elapsed: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,8 +151,7 @@ def create_train_state(cfg, spec: StepSpec, num_classes: int) -> TrainState:
     params = {"model": model}
     if spec.learn_temperature:
         params["log_temperature"] = jnp.log(jnp.asarray(cfg.loss.temperature, jnp.float32))
-    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32),
-                      jnp.zeros((), jnp.float32))
+    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
 def temperature_of(spec: StepSpec, params, temperature):
@@ -479,8 +473,7 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     fresh = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh) if vmapped else fresh[0]
     manager = checkpoint_manager(checkpoint_dir, cfg)
     state, start_epoch = restore_or_init(manager, jax.device_put(fresh, program.state_sharding))
-    spent_before = float(np.max(jax.device_get(state.elapsed)))
-    elapsed = lambda: spent_before + time.time() - start_time  # noqa: E731
+    ledger = TimeLedger(Path(checkpoint_dir).parent, start_time, writer)
     histories = [_read_metrics(w / "metrics.jsonl", start_epoch) for w in workdirs]
 
     def member_values(fraction):
@@ -508,6 +501,9 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
                 first = time.time()
                 jax.block_until_ready(metrics)
                 phases["first_step_seconds"] = time.time() - first + (first - epoch_start)
+                ledger.update()
+            if (i + 1) % cfg.log_every_steps == 0:
+                ledger.update()
             log.step(metrics, (i + 1) % cfg.log_every_steps == 0)
         train_metrics = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
         epoch_seconds.append(time.time() - epoch_start)
@@ -533,14 +529,13 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
                 if writer:
                     atomic_write_text(workdirs[k] / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         if done % cfg.checkpoint.every_epochs == 0 or done == cfg.epochs:
-            state = state.replace(elapsed=jax.device_put(jnp.full_like(state.elapsed, elapsed()),
-                                                         program.state_sharding))
             save(manager, done, state)
+        ledger.update()
     log.close()
     manager.wait_until_finished()
     manager.close()
     phases["training_seconds"] = sum(epoch_seconds)
-    return _write_summaries(cfgs, workdirs, histories, ds, program, elapsed(), epoch_seconds, steps_per_epoch,
+    return _write_summaries(cfgs, workdirs, histories, ds, program, ledger.total(), epoch_seconds, steps_per_epoch,
                             phases, where)
 
 

@@ -19,7 +19,10 @@ config, and the lock dies with its holder (see :class:`~smoothmax.files.Exclusiv
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
 
 from smoothmax.config import ConfigError
@@ -27,7 +30,7 @@ from smoothmax.files import ExclusiveLock, Locked, atomic_write_text
 from smoothmax.identity import differences
 
 RECORD = "experiment.json"
-RUN_FILES = (RECORD, "config.json", "metrics.jsonl", "summary.json", "checkpoints")
+RUN_FILES = (RECORD, "config.json", "metrics.jsonl", "summary.json", "checkpoints", "time")
 
 
 class WorkdirError(ConfigError):
@@ -90,3 +93,27 @@ def claim(workdir, form: dict, *, restart: bool = False) -> ExclusiveLock:
         lock.release()
         raise
     return lock
+
+
+class TimeLedger:
+    """The wall time every process has spent on a run, killed ones included.
+
+    Each process keeps its own entry in ``folder/time/`` (host, pid, start) up to date: after its first step
+    (compilation), every logging interval and every epoch. A run's ``wall_seconds`` is the sum of the
+    entries, so a SIGKILL loses at most the time since that process's last update, and the work it did
+    after its last checkpoint, redone by the next process, is paid for twice, as it was.
+    """
+
+    def __init__(self, folder, start: float, writer: bool = True):
+        self.dir, self.start, self.writer = Path(folder) / "time", start, writer
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{int(start * 1e6)}.json"
+
+    def update(self) -> None:
+        if self.writer:
+            atomic_write_text(self.dir / self.name, json.dumps({"seconds": time.time() - self.start}))
+
+    def total(self) -> float:
+        """Seconds summed over every process of the run, this one up to now."""
+        self.update()
+        entries = [p for p in self.dir.glob("*.json") if p.name != self.name]
+        return time.time() - self.start + sum(json.loads(p.read_text())["seconds"] for p in entries)
