@@ -74,8 +74,8 @@ def main(argv=None) -> int:
             from smoothmax.train import train_and_evaluate
 
             config = load_config(args.config, overrides)
-            # Before jax.distributed starts, JAX may not count devices; the trainer checks the batch then.
-            validate_config(config, devices=1 if args.distributed else None)
+            if args.distributed:  # the trainer validates too, but only after jax.distributed has started
+                validate_config(config, devices=1)
             _init_distributed(args.distributed)
             summary = train_and_evaluate(config, args.workdir, restart=args.restart, progress=args.progress)
             keys = ("objective", "temperature", "margin", "head", "test_accuracy", "test_ce", "wall_seconds")

@@ -118,10 +118,14 @@ def load_cifar10(path=None, *, download: bool = True, cache_dir=None) -> Dataset
     source = resolve_source(path)
     if source is None:
         source = _official_archive(cache_dir, download)
-    if not source.exists():
+        # Its md5 was just checked, so the md5 names its entry: the archive is not read a second time.
+        key = f"official-v{_CACHE_FORMAT}-{CIFAR10_MD5}"
+    elif not source.exists():
         named_by = "" if path else f" (named by ${SOURCE_ENV})"
         raise DatasetError(f"dataset path {source}{named_by} does not exist")
-    entry = cache_dir / f"cifar10-{content_hash(source)}"
+    else:
+        key = content_hash(source)
+    entry = cache_dir / f"cifar10-{key}"
     if entry.exists():
         try:
             return _read_cache(entry)

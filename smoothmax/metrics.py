@@ -10,14 +10,14 @@ calibration error over 15 equal-width confidence bins.
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
-def log_softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+def log_softmax(logits, temperature: float = 1.0) -> np.ndarray:
+    """``log softmax(z/T)`` over the last axis, in float64."""
+    return special.log_softmax(np.asarray(logits, np.float64) / temperature, axis=-1)
 
 
 def nll(logits, labels, temperature: float = 1.0) -> float:

@@ -32,8 +32,7 @@ import numpy as np
 
 from smoothmax.files import atomic_write_bytes, atomic_write_text
 from smoothmax.identity import defaults
-from smoothmax.sweep import read_invocations
-from smoothmax.workdir import read_record
+from smoothmax.sweep import is_finished, load_point, read_invocations
 
 OBJECTIVE_COLORS = {"hard": "tab:red", "lse": "tab:blue", "softmax": "tab:green"}
 # Keys whose values are replicates of one experiment: a row of the table is every seed of one point.
@@ -68,18 +67,11 @@ def recorded_points(workdir) -> list[str]:
     return list(dict.fromkeys(p["name"] for inv in invocations for p in inv["points"]))
 
 
-def load_point(folder: Path) -> dict:
-    """A finished point's summary with its ``name``, ``canonical`` form and metric ``history``."""
-    summary = json.loads((folder / "summary.json").read_text())
-    history = folder / "metrics.jsonl"
-    return {**summary, "name": folder.name, "canonical": read_record(folder)["canonical"],
-            "history": [json.loads(l) for l in history.read_text().splitlines()] if history.exists() else []}
-
-
-def load_results(workdir) -> list[dict]:
-    """Every finished point of the invocations recorded in a sweep workdir (see the module docstring)."""
+def load_results(workdir, names: list[str]) -> list[dict]:
+    """Every finished point among ``names``, the points recorded in a sweep workdir (see the module
+    docstring)."""
     root = Path(workdir) / "points"
-    results = [load_point(root / name) for name in recorded_points(workdir) if (root / name / "summary.json").exists()]
+    results = [load_point(root / name) for name in names if is_finished(workdir, name)]
     if not results:
         raise FileNotFoundError(f"no finished points under {root}: run the sweep first")
     return results
@@ -370,8 +362,9 @@ def _population_text(workdir: Path, results: list[dict]) -> str:
 def write_report(workdir) -> Path:
     """Write ``report.md``, ``results.csv`` and the figures into ``workdir``; return the report's path."""
     workdir = Path(workdir)
-    results = load_results(workdir)
-    unfinished = len(recorded_points(workdir)) - len(results)
+    names = recorded_points(workdir)
+    results = load_results(workdir, names)
+    unfinished = len(names) - len(results)
     rows = summary_table(results)
     figures = workdir / "figures"
     figures.mkdir(exist_ok=True)

@@ -65,7 +65,7 @@ from smoothmax.config import ConfigError, apply_override, load_config, validate_
 from smoothmax.files import ExclusiveLock, atomic_write_text
 from smoothmax.identity import canonical, dataset_identity, short_hash
 from smoothmax.train import MEMBER_KEYS, load_data, static_key, train_and_evaluate, train_population
-from smoothmax.workdir import WorkdirBusy
+from smoothmax.workdir import WorkdirBusy, read_record
 
 SHORT_NAMES = {"loss.name": "", "loss.temperature": "t", "loss.margin": "m", "model.head": "", "seed": "s"}
 SWEEP_FILE = "sweep.json"
@@ -238,8 +238,21 @@ def adopt_folders(points: list[dict], workdir: Path) -> list[dict]:
     return [{**p, "name": folders.get(p["hash"], p["name"])} for p in points]
 
 
+def is_finished(workdir, name: str) -> bool:
+    """Whether the point folder ``name`` of a sweep workdir holds a finished run."""
+    return (Path(workdir) / "points" / name / "summary.json").exists()
+
+
 def _finished(workdir: Path, points: list[dict]) -> set[str]:
-    return {p["name"] for p in points if (workdir / "points" / p["name"] / "summary.json").exists()}
+    return {p["name"] for p in points if is_finished(workdir, p["name"])}
+
+
+def load_point(folder: Path) -> dict:
+    """A finished point's summary with its ``name``, ``canonical`` form and metric ``history``."""
+    summary = json.loads((folder / "summary.json").read_text())
+    history = folder / "metrics.jsonl"
+    return {**summary, "name": folder.name, "canonical": read_record(folder)["canonical"],
+            "history": [json.loads(l) for l in history.read_text().splitlines()] if history.exists() else []}
 
 
 def run_sweep(spec: str, workdir, *, shard: tuple[int, int] = (0, 1), mode: str = "auto", overrides=(),
@@ -270,10 +283,9 @@ def run_sweep(spec: str, workdir, *, shard: tuple[int, int] = (0, 1), mode: str 
         busy += _train_group(group, pending, workdir, mode, datasets[data_key], progress)
     if busy:
         print(f"sweep: {len(busy)} point(s) skipped, in use by another process: {', '.join(busy)}", flush=True)
-    finished = _finished(workdir, mine)
-    return [{**json.loads((workdir / "points" / p["name"] / "summary.json").read_text()), "name": p["name"],
-             "canonical": p["form"]} for p in mine if p["name"] in finished]
+    return [load_point(workdir / "points" / p["name"]) for p in mine if is_finished(workdir, p["name"])]
 
 
-__all__ = ["MEMBER_KEYS", "adopt_folders", "load_sweep", "parse_shard", "point_label", "population_key",
-           "population_plan", "populations", "product", "read_invocations", "record_invocation", "run_sweep"]
+__all__ = ["MEMBER_KEYS", "adopt_folders", "is_finished", "load_point", "load_sweep", "parse_shard",
+           "point_label", "population_key", "population_plan", "populations", "product", "read_invocations",
+           "record_invocation", "run_sweep"]

@@ -393,7 +393,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir, *, restart: bool
     with _claimed([workdir], [form or canonical(cfg)], restart=restart):
         if (workdir / "summary.json").exists():
             return json.loads((workdir / "summary.json").read_text())
-        return _fit([cfg], [workdir], workdir / "checkpoints", vmapped=False, progress=progress,
+        return _fit([cfg], [workdir], workdir, vmapped=False, progress=progress,
                     dataset=dataset)[0]
 
 
@@ -419,7 +419,7 @@ def train_population(cfgs, workdirs, population_dir, *, restart: bool = False, p
         if any(finished):
             raise ValueError(f"population {population_dir} has finished and unfinished members: train the "
                              "unfinished ones as their own population")
-        return _fit(cfgs, workdirs, population_dir / "checkpoints", vmapped=True, progress=progress,
+        return _fit(cfgs, workdirs, population_dir, vmapped=True, progress=progress,
                     dataset=dataset)
 
 
@@ -452,8 +452,11 @@ def _claimed(workdirs, forms, *, restart):
         yield
 
 
-def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, dataset) -> list[dict]:
-    """The loop: train the members from their last checkpoint to the end, evaluate, write their files."""
+def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, dataset) -> list[dict]:
+    """The loop: train the members from their last checkpoint to the end, evaluate, write their files.
+
+    ``run_dir`` (the workdir of a single run, the population folder of a population) holds the checkpoints
+    and the time ledger."""
     start_time = time.time()
     where = provenance()  # now, while the code that runs is the code on disk
     writer = jax.process_index() == 0
@@ -471,9 +474,9 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
     program = get_program(cfg, ds, len(cfgs) if vmapped else None)
     fresh = [create_train_state(c, program.spec, ds.num_classes) for c in cfgs]
     fresh = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh) if vmapped else fresh[0]
-    manager = checkpoint_manager(checkpoint_dir, cfg)
+    manager = checkpoint_manager(run_dir / "checkpoints", cfg)
     state, start_epoch = restore_or_init(manager, jax.device_put(fresh, program.state_sharding))
-    ledger = TimeLedger(Path(checkpoint_dir).parent, start_time, writer)
+    ledger = TimeLedger(run_dir, start_time, writer)
     histories = [_read_metrics(w / "metrics.jsonl", start_epoch) for w in workdirs]
 
     def member_values(fraction):
@@ -502,9 +505,10 @@ def _fit(cfgs, workdirs, checkpoint_dir, *, vmapped: bool, progress: bool, datas
                 jax.block_until_ready(metrics)
                 phases["first_step_seconds"] = time.time() - first + (first - epoch_start)
                 ledger.update()
-            if (i + 1) % cfg.log_every_steps == 0:
+            refresh = (i + 1) % cfg.log_every_steps == 0
+            if refresh:
                 ledger.update()
-            log.step(metrics, (i + 1) % cfg.log_every_steps == 0)
+            log.step(metrics, refresh)
         train_metrics = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
         epoch_seconds.append(time.time() - epoch_start)
         done = epoch + 1

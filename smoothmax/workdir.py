@@ -10,8 +10,8 @@ A run's workdir records the canonical form of the config it was made for (``expe
 | a run of another experiment              | refused: the differing keys     | the old run removed, then as new      |
 | run files but no record                  | refused                         | the old run removed, then as new      |
 
-"The old run" is every file a run writes (:data:`RUN_FILES`): checkpoints, metrics, summary, config and
-record, so that nothing of it survives into the new run. A claim holds an exclusive lock (``.lock``) until
+"The old run" is every file a run writes (:data:`RUN_FILES`): checkpoints, metrics, summary, config,
+record and time ledger, so that nothing of it survives into the new run. A claim holds an exclusive lock (``.lock``) until
 released: a second process claiming the same workdir is refused while the first lives, whatever the
 config, and the lock dies with its holder (see :class:`~smoothmax.files.ExclusiveLock`).
 """

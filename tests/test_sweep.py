@@ -108,7 +108,7 @@ def test_seed_rerun_trains_beside_and_the_report_groups_seeds(tmp_path, capsys):
     stray = work / "points" / "stray-0123456789"
     stray.mkdir()
     (stray / "summary.json").write_text("not json: reading it would fail")
-    results = report.load_results(work)
+    results = report.load_results(work, report.recorded_points(work))
     assert sorted(r["name"] for r in results) == sorted(summaries_of(work).keys() - {stray.name})
     rows = report.summary_table(results)
     text = report.markdown_table(rows)
