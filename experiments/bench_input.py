@@ -50,13 +50,14 @@ def main():
     mean, std = ds.mean, ds.std
 
     @jax.jit
-    def prepare(key, images):
-        return data_lib.augment(key, data_lib.normalize(images, mean, std))
+    def prepare(key, images, flips):
+        return data_lib.augment(key, data_lib.normalize(images, mean, std), flips)
 
     def pipeline_step(step):
         idx = data_lib.epoch_permutation(len(ds.train_labels), args.batch, 0, step)[0]
-        images, labels = data_lib.shard_batch(mesh, ds.train_images[idx], ds.train_labels[idx])
-        return prepare(jax.random.key(step), images), labels
+        flips = data_lib.epoch_flips(len(ds.train_labels), 0, step, "random")[idx]
+        images, labels, flips = data_lib.shard_batch(mesh, ds.train_images[idx], ds.train_labels[idx], flips)
+        return prepare(jax.random.key(step), images, flips), labels
 
     jax.block_until_ready(pipeline_step(0))
     start = time.perf_counter()
@@ -69,9 +70,11 @@ def main():
     cfg.data.batch_size = args.batch
     cfg.total_steps = 1000
     program = train.get_program(cfg, ds)
-    state = (train.create_train_state(cfg, program.spec, ds.num_classes), train.zero_metrics())
-    images, labels = data_lib.shard_batch(mesh, ds.train_images[: args.batch], ds.train_labels[: args.batch])
-    args_ = (images, labels, jax.random.key(0), np.float32(1.0), np.float32(0.0),
+    state = (train.create_train_state(cfg, program.spec, ds.num_classes, ds.train_images), train.zero_metrics())
+    flips = data_lib.epoch_flips(args.batch, 0, 0, "random")
+    images, labels, flips = data_lib.shard_batch(mesh, ds.train_images[: args.batch], ds.train_labels[: args.batch],
+                                                 flips)
+    args_ = (images, labels, flips, jax.random.key(0), np.float32(1.0), np.float32(0.0),
              np.float32(cfg.optimizer.learning_rate))
     state = program.train_step(*state, *args_)
     jax.block_until_ready(state)

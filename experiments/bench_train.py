@@ -49,20 +49,22 @@ def main():
     compilations = program.train_step._cache_size()
 
     # The bare step: same compiled function, one device-resident batch, no host work in the loop.
-    state = train.create_train_state(resolved, program.spec, ds.num_classes)
+    state = train.create_train_state(resolved, program.spec, ds.num_classes, ds.train_images)
     batch = cfg.data.batch_size
-    images, labels = data_lib.shard_batch(program.mesh, ds.train_images[:batch], ds.train_labels[:batch])
+    flips = data_lib.epoch_flips(batch, 0, 0, cfg.data.flip)
+    images, labels, flips = data_lib.shard_batch(program.mesh, ds.train_images[:batch], ds.train_labels[:batch],
+                                                 flips)
     metrics = train.zero_metrics()
     key = jax.random.key(0)
     t, m, lr = np.float32(cfg.loss.temperature), np.float32(cfg.loss.margin), np.float32(cfg.optimizer.learning_rate)
     state = (state, metrics)
     for _ in range(3):
-        state = program.train_step(*state, images, labels, key, t, m, lr)
+        state = program.train_step(*state, images, labels, flips, key, t, m, lr)
     jax.block_until_ready(state)
     steps = 60
     start = time.perf_counter()
     for _ in range(steps):
-        state = program.train_step(*state, images, labels, key, t, m, lr)
+        state = program.train_step(*state, images, labels, flips, key, t, m, lr)
     jax.block_until_ready(state)
     bare = steps * batch / (time.perf_counter() - start)
     ratio = summary["images_per_second"] / bare

@@ -38,7 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256
     c.data.eval_batch_size = 1000
     c.data.augment = True
+    c.data.crop_pad = 4  # augment: random crops from this much reflect padding (0: no crops)
+    c.data.flip = "random"  # augment: random | alternate (each image flips side every epoch)
     c.data.eval_flip = False  # test metrics on logits averaged over the image and its mirror
+    c.data.eval_translate = 0  # test metrics also average the views shifted by ±this many pixels
     c.data.eval_train = False  # at the end, also evaluate the clean training set (no augmentation)
     # Training images held out for validation (stratified, the same for every run; 0 = none). With a
     # validation split, evaluations during training read it, and the test set is read once, at the end.
@@ -55,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "cnn"  # cnn | resnet18
     c.model.widths = (32, 64, 128)
+    c.model.stem = "conv"  # cnn: conv (a learned 3×3) | whitened (frozen 2×2 patch whitening, ± each component)
     c.model.stem_width = 0  # cnn: channels of the full-resolution stem conv (0: half the first width)
     c.model.head = "linear"  # linear | cosine
     c.model.bn_momentum = 0.9
@@ -242,8 +246,9 @@ def _train_size(cfg) -> int | None:
 
 def _rules(cfg, devices: int) -> list[tuple]:
     """(key, check, allowed) for every key a run reads; keys a config lacks are skipped."""
+    from smoothmax.data import FLIPS
     from smoothmax.losses import OBJECTIVES
-    from smoothmax.models import HEADS
+    from smoothmax.models import HEADS, WHITENED_STEM_MAX
 
     rules = [
         ("seed", *_int_at_least(0)),
@@ -260,7 +265,10 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.batch_size", lambda v: v % devices == 0, f"a multiple of the number of devices ({devices})"),
         ("data.eval_batch_size", *_int_at_least(devices)),  # every device gets a row
         ("data.augment", *_BOOL),
+        ("data.crop_pad", *_int_at_least(0)),
+        ("data.flip", *_one_of(*FLIPS)),
         ("data.eval_flip", *_BOOL),
+        ("data.eval_translate", *_int_at_least(0)),
         ("data.eval_train", *_BOOL),
         ("data.train_subset", *_int_at_least(0)),
         ("data.validation", *_int_at_least(0)),
@@ -271,6 +279,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.seed", *_int_at_least(0)),
         ("model.name", *_one_of("cnn", "resnet18")),
         ("model.widths", *_WIDTHS),
+        ("model.stem", *_one_of("conv", "whitened")),
         ("model.stem_width", *_int_at_least(0)),
         ("model.head", *_one_of(*HEADS)),
         ("model.bn_momentum", *_FRACTION),
@@ -297,6 +306,11 @@ def _rules(cfg, devices: int) -> list[tuple]:
             ("loss.final_temperature", lambda v: v is None, f"None {why} (τ is learned, not scheduled)"),
             ("model.head", lambda v: v == "cosine", f"cosine {why} (a linear head scales its logits itself)"),
         ]
+    if _lookup(cfg, "model.stem") == "whitened":
+        first = _lookup(cfg, "model.widths")[0]
+        rules.append(("model.stem_width", lambda v: (v or first // 2) % 2 == 0 and (v or first // 2) <= WHITENED_STEM_MAX,
+                      f"even and at most {WHITENED_STEM_MAX} for a whitened stem (± each of the 12 components "
+                      "of a 2×2 RGB patch; 0 means half the first width)"))
     size = _train_size(cfg)
     if size is not None:
         rules.append(("data.batch_size", lambda v: v <= size, f"at most the {size} training examples"))

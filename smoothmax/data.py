@@ -599,23 +599,48 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-def augment(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-    """Per example: a random crop from ``pad``-pixel reflect padding, and a random horizontal flip.
+FLIPS = ("random", "alternate")
 
-    Runs inside the jitted step; the same key gives the same batch.
+
+def epoch_flips(num_examples: int, seed: int, epoch: int, mode: str) -> np.ndarray:
+    """Which training examples are mirrored in ``epoch``, a bool per example.
+
+    ``random``: a fresh coin per example and epoch. ``alternate``: a coin per example in epoch 0, then each
+    example flips side every epoch, so that any two consecutive epochs show every image both ways (airbench's
+    derandomised flip: random flips repeat a side half the time, which wastes epochs on short budgets).
+    """
+    if mode not in FLIPS:
+        raise ValueError(f"unknown data.flip {mode!r}: choose one of {', '.join(FLIPS)}")
+    coins = np.random.default_rng([seed, epoch if mode == "random" else 0, 1]).random(num_examples) < 0.5
+    return coins ^ bool(epoch % 2) if mode == "alternate" else coins
+
+
+def augment(key: jax.Array, images: jax.Array, flips: jax.Array, pad: int = 4) -> jax.Array:
+    """Per example: a random crop from ``pad``-pixel reflect padding (none at 0), mirrored where ``flips``.
+
+    Runs inside the jitted step; the same key and flips give the same batch.
     """
     n, h, w, _ = images.shape
-    key_y, key_x, key_f = jax.random.split(key, 3)
-    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
-    dy = jax.random.randint(key_y, (n,), 0, 2 * pad + 1)
-    dx = jax.random.randint(key_x, (n,), 0, 2 * pad + 1)
+    rows, cols = jnp.broadcast_to(jnp.arange(h), (n, h)), jnp.broadcast_to(jnp.arange(w), (n, w))
+    if pad:
+        key_y, key_x = jax.random.split(key)
+        images = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="reflect")
+        rows = rows + jax.random.randint(key_y, (n, 1), 0, 2 * pad + 1)
+        cols = cols + jax.random.randint(key_x, (n, 1), 0, 2 * pad + 1)
+    cols = jnp.where(flips[:, None], cols[:, ::-1], cols)
     # Crops as two one-axis gathers: cheaper on XLA:CPU than a per-example dynamic_slice.
-    rows = dy[:, None] + jnp.arange(h)[None]
-    cols = dx[:, None] + jnp.arange(w)[None]
-    flip = jax.random.bernoulli(key_f, 0.5, (n,))
-    cols = jnp.where(flip[:, None], cols[:, ::-1], cols)
-    cropped = jnp.take_along_axis(padded, rows[:, :, None, None], axis=1)
+    cropped = jnp.take_along_axis(images, rows[:, :, None, None], axis=1)
     return jnp.take_along_axis(cropped, cols[:, None, :, None], axis=2)
+
+
+def translate(images: jax.Array, dy: int, dx: int) -> jax.Array:
+    """The batch shifted by (dy, dx) pixels (static), the uncovered border filled by reflection."""
+    t = max(abs(dy), abs(dx))
+    if t == 0:
+        return images
+    _, h, w, _ = images.shape
+    padded = jnp.pad(images, ((0, 0), (t, t), (t, t), (0, 0)), mode="reflect")
+    return padded[:, t - dy:t - dy + h, t - dx:t - dx + w]
 
 
 # --------------------------------------------------------------------------- sharding

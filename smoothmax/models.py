@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -66,6 +67,41 @@ def max_pool_2x2(x):
     return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
+WHITENED_STEM_MAX = 24  # ± each of the 12 principal components of a 2×2 RGB patch
+
+
+class WhitenedStem(nnx.Module):
+    """A frozen 2×2 convolution onto the leading principal components of 2×2 patches, each component and its
+    negative, scaled to unit variance (airbench's patch-whitening first layer).
+
+    The first layer then starts where a learned one ends up after some training (edge and colour
+    detectors, decorrelated), and never moves: its kernel is a buffer (``nnx.Variable``), not a parameter,
+    so the optimizer and weight decay never see it. The ± pairs keep the sign of each component through the
+    activation. :meth:`fit` sets the kernel from training images.
+    """
+
+    def __init__(self, width: int, dtype):
+        if width % 2 or not 0 < width <= WHITENED_STEM_MAX:
+            raise ValueError(f"a whitened stem has an even width of at most {WHITENED_STEM_MAX}, not {width}")
+        self.dtype = dtype
+        self.kernel = nnx.Variable(jnp.zeros((2, 2, 3, width), jnp.float32))
+
+    def fit(self, images: np.ndarray, eps: float = 5e-4) -> None:
+        """Set the kernel from normalised NHWC images: the covariance of their 2×2 patches, in float64."""
+        x = np.asarray(images, np.float64)
+        patches = np.concatenate([x[:, i:i + x.shape[1] - 1, j:j + x.shape[2] - 1] for i in (0, 1) for j in (0, 1)],
+                                 axis=-1).reshape(-1, 12)  # (i, j, channel) order, as the kernel's HWI axes
+        values, vectors = np.linalg.eigh(np.cov(patches, rowvar=False))
+        keep = self.kernel.shape[-1] // 2
+        top = vectors[:, ::-1][:, :keep] / np.sqrt(values[::-1][:keep] + eps)
+        self.kernel[...] = jnp.asarray(np.concatenate([top, -top], axis=1).reshape(2, 2, 3, -1), jnp.float32)
+
+    def __call__(self, x):
+        w = self.kernel[...].astype(self.dtype)
+        return jax.lax.conv_general_dilated(x.astype(self.dtype), w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
 class ConvBlock(nnx.Module):
     """conv → max-pool 2×2 → BN → GELU → conv → BN → GELU (airbench's block)."""
 
@@ -85,10 +121,11 @@ class ConvBlock(nnx.Module):
 class CNN(nnx.Module):
     """A fast CIFAR-10 CNN: a stem conv, three pooled blocks, global max-pool, a head."""
 
-    def __init__(self, widths=(64, 128, 256), num_classes=10, head="linear", *, stem_width=None, bn_momentum=0.9,
-                 dtype=jnp.float32, rngs: nnx.Rngs):
-        stem = stem_width or widths[0] // 2
-        self.stem = _conv(3, stem, rngs, dtype)
+    def __init__(self, widths=(64, 128, 256), num_classes=10, head="linear", *, stem="conv", stem_width=None,
+                 bn_momentum=0.9, dtype=jnp.float32, rngs: nnx.Rngs):
+        width = stem_width or widths[0] // 2
+        self.stem = WhitenedStem(width, dtype) if stem == "whitened" else _conv(3, width, rngs, dtype)
+        stem = width
         self.stem_bn = _bn(stem, rngs, bn_momentum, dtype)
         chans = (stem,) + tuple(widths)
         self.blocks = nnx.List(
@@ -152,7 +189,8 @@ def make_model(config, num_classes: int, seed: int):
     common = dict(num_classes=num_classes, head=config.head, bn_momentum=config.bn_momentum, dtype=dtype,
                   rngs=rngs)
     if config.name == "cnn":
-        return CNN(tuple(config.widths), stem_width=config.get("stem_width") or None, **common)
+        return CNN(tuple(config.widths), stem=config.get("stem", "conv"), stem_width=config.get("stem_width") or None,
+                   **common)
     if config.name == "resnet18":
         return ResNet(tuple(config.widths), **common)
     raise ValueError(f"unknown model {config.name!r}: choose cnn or resnet18")

@@ -141,13 +141,23 @@ class StepSpec:
     mean: np.ndarray
     std: np.ndarray
     augment: bool
-    eval_flip: bool
+    crop_pad: int
+    eval_views: tuple  # the (dy, dx, mirrored) views whose logits evaluation averages
     learn_temperature: bool
 
 
-def create_train_state(cfg, spec: StepSpec, num_classes: int) -> TrainState:
-    """Parameters, BatchNorm statistics and optimizer state of a fresh model seeded by ``cfg.seed``."""
-    _, model, rest = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+def create_train_state(cfg, spec: StepSpec, num_classes: int, train_images=None) -> TrainState:
+    """Parameters, BatchNorm statistics and optimizer state of a fresh model seeded by ``cfg.seed``.
+
+    A whitened stem is fitted to ``train_images`` (uint8 NHWC; 1,000 of them, evenly spaced, are enough to
+    estimate the 12 × 12 covariance of 2×2 patches)."""
+    network = make_model(cfg.model, num_classes, cfg.seed)
+    if cfg.model.get("stem") == "whitened":
+        if train_images is None:
+            raise ValueError("a whitened stem needs the training images to fit")
+        sample = train_images[:: max(1, len(train_images) // 1000)]
+        network.stem.fit(data_lib.normalize(sample, spec.mean, spec.std))
+    _, model, rest = nnx.split(network, nnx.Param, ...)
     params = {"model": model}
     if spec.learn_temperature:
         params["log_temperature"] = jnp.log(jnp.asarray(cfg.loss.temperature, jnp.float32))
@@ -170,11 +180,12 @@ def forward(spec: StepSpec, params, rest, images, training: bool):
     return logits, new_rest
 
 
-def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, key, temperature, margin,
+def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips, key, temperature, margin,
                learning_rate):
-    """One SGD step of one member; ``metrics`` accumulates loss, correct and count on device."""
+    """One SGD step of one member; ``metrics`` accumulates loss, correct and count on device. ``flips``
+    (decided on the host, :func:`smoothmax.data.epoch_flips`) and ``key`` (crops) augment the batch."""
     if spec.augment:
-        images = data_lib.augment(key, images.astype(jnp.float32))
+        images = data_lib.augment(key, images.astype(jnp.float32), flips, spec.crop_pad)
 
     def objective_of(params):
         logits, new_rest = forward(spec, params["model"], state.rest, images, training=True)
@@ -201,9 +212,9 @@ def eval_step(spec: StepSpec, state: TrainState, images, labels, mask, temperatu
     """One member's per-example outputs on a batch: logits, loss, logit and implicit margins, and the
     participation ratio of the loss's gradient over the rivals (see :mod:`smoothmax.metrics`)."""
     model = state.params["model"]
-    logits, _ = forward(spec, model, state.rest, images, training=False)
-    if spec.eval_flip:  # test-time augmentation: average the logits of the image and its mirror
-        logits = 0.5 * (logits + forward(spec, model, state.rest, images[:, :, ::-1], training=False)[0])
+    # Test-time augmentation: the mean of the logits over the views (the image alone when there is one).
+    views = [data_lib.translate(images[:, :, ::-1] if mirrored else images, dy, dx) for dy, dx, mirrored in spec.eval_views]
+    logits = sum(forward(spec, model, state.rest, v, training=False)[0] for v in views) / len(views)
     temperature = temperature_of(spec, state.params, temperature)
     labels = jnp.where(mask, labels, 0)  # padding rows: any valid label, dropped on the host
     loss, pullback = jax.vjp(lambda z: spec.loss_fn(z, labels, temperature=temperature, margin=margin), logits)
@@ -263,14 +274,24 @@ def _splits_members(members: int | None) -> bool:
     return members is not None and devices > 1 and members % devices == 0 and jax.process_count() == 1
 
 
+def eval_views(data_cfg) -> tuple:
+    """The (dy, dx, mirrored) views of test-time augmentation: the image, its mirror with ``eval_flip``, and
+    with ``eval_translate = t`` each of those shifted by (t, t) and (−t, −t)."""
+    t = data_cfg.eval_translate
+    shifts = [(0, 0)] + ([(t, t), (-t, -t)] if t else [])
+    return tuple((dy, dx, mirrored) for mirrored in ((False, True) if data_cfg.eval_flip else (False,))
+                 for dy, dx in shifts)
+
+
 def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
     graphdef, _, _ = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
     spec = StepSpec(graphdef, make_optimizer(cfg), objective(cfg.loss.name), mean, std,
-                    bool(cfg.data.augment), bool(cfg.data.eval_flip), bool(cfg.loss.learn_temperature))
+                    bool(cfg.data.augment), int(cfg.data.crop_pad), eval_views(cfg.data),
+                    bool(cfg.loss.learn_temperature))
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states
-        train = jax.vmap(train, in_axes=(0, 0, None, None, None, 0, 0, 0))
+        train = jax.vmap(train, in_axes=(0, 0, None, None, None, None, 0, 0, 0))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None, 0, 0))
     mesh = data_lib.data_mesh()
     program = Program(spec, mesh, members, None, None, _splits_members(members))
@@ -472,7 +493,7 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
             atomic_write_text(w / "config.json", c.to_json_best_effort(indent=2))
 
     program = get_program(cfg, ds, len(cfgs) if vmapped else None)
-    fresh = [create_train_state(c, program.spec, ds.num_classes) for c in cfgs]
+    fresh = [create_train_state(c, program.spec, ds.num_classes, ds.train_images) for c in cfgs]
     fresh = jax.tree.map(lambda *xs: jnp.stack(xs), *fresh) if vmapped else fresh[0]
     manager = checkpoint_manager(run_dir / "checkpoints", cfg)
     state, start_epoch = restore_or_init(manager, jax.device_put(fresh, program.state_sharding))
@@ -492,13 +513,14 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.time()
         metrics = jax.device_put(zero_metrics((len(cfgs),) if vmapped else ()), replicated)
+        flips = data_lib.epoch_flips(len(ds.train_labels), cfg.data.seed, epoch, cfg.data.flip)
         for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
                                                            cfg.data.seed, epoch)):
             step = epoch * steps_per_epoch + i
             temperature, margin, learning_rate = member_values(step / max(1, total_steps - 1))
             local = data_lib.host_indices(idx)
-            images, labels = program.put_batch(ds.train_images[local], ds.train_labels[local])
-            state, metrics = program.train_step(state, metrics, images, labels, jax.random.fold_in(key, step),
+            images, labels, flip = program.put_batch(ds.train_images[local], ds.train_labels[local], flips[local])
+            state, metrics = program.train_step(state, metrics, images, labels, flip, jax.random.fold_in(key, step),
                                                 temperature, margin, learning_rate)
             if phases["first_step_seconds"] is None:  # compilation, mostly: one host sync per process
                 first = time.time()

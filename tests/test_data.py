@@ -273,24 +273,50 @@ def test_epoch_batches_are_deterministic_full_and_reshuffled():
 
 def test_augmentation_shapes_determinism_and_variety():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)), jnp.float32)
-    key = jax.random.key(0)
-    out = jax.jit(data.augment)(key, images)
+    key, flips = jax.random.key(0), jnp.asarray(data.epoch_flips(64, 0, 0, "random"))
+    out = jax.jit(data.augment)(key, images, flips)
     assert out.shape == images.shape
-    np.testing.assert_array_equal(out, jax.jit(data.augment)(key, images))
-    other = data.augment(jax.random.key(1), images)
+    np.testing.assert_array_equal(out, jax.jit(data.augment)(key, images, flips))
+    other = data.augment(jax.random.key(1), images, flips)
     assert not np.array_equal(out, other)
-    # Each output is a crop of the reflect-padded input, possibly mirrored.
+    # Each output is a crop of the reflect-padded input, mirrored exactly where flips says.
     padded = np.pad(np.asarray(images), ((0, 0), (4, 4), (4, 4), (0, 0)), mode="reflect")
     for i in range(8):
-        found = any(
-            np.array_equal(np.asarray(out[i]), crop[:, ::flip])
-            for dy in range(9) for dx in range(9) for flip in (1, -1)
-            for crop in [padded[i, dy:dy + 32, dx:dx + 32]]
-        )
-        assert found
+        step = -1 if flips[i] else 1
+        assert any(np.array_equal(np.asarray(out[i]), padded[i, dy:dy + 32, dx:dx + 32][:, ::step])
+                   for dy in range(9) for dx in range(9))
     # Over a batch, both flips and many offsets occur.
     unchanged = [np.array_equal(np.asarray(out[i]), np.asarray(images[i])) for i in range(64)]
     assert sum(unchanged) < 16
+
+
+def test_augmentation_without_crops_only_mirrors():
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3)), jnp.float32)
+    flips = np.arange(16) % 3 == 0
+    out = np.asarray(data.augment(jax.random.key(0), images, jnp.asarray(flips), pad=0))
+    expected = np.where(flips[:, None, None, None], np.asarray(images)[:, :, ::-1], np.asarray(images))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_alternating_flips_show_every_image_both_ways_in_two_epochs():
+    first, second = (data.epoch_flips(1000, 3, e, "alternate") for e in (0, 1))
+    np.testing.assert_array_equal(second, ~first)
+    np.testing.assert_array_equal(data.epoch_flips(1000, 3, 2, "alternate"), first)
+    assert 400 < first.sum() < 600  # a fair coin in epoch 0
+    random = [data.epoch_flips(1000, 3, e, "random") for e in (0, 1)]
+    np.testing.assert_array_equal(random[0], first)  # epoch 0: the same coins either way
+    assert 0.4 < np.mean(random[0] == random[1]) < 0.6  # independent coins afterwards
+    with pytest.raises(ValueError, match="data.flip"):
+        data.epoch_flips(10, 0, 0, "sometimes")
+
+
+def test_translate_shifts_with_reflected_borders():
+    images = jnp.arange(2 * 5 * 5 * 1, dtype=jnp.float32).reshape(2, 5, 5, 1)
+    shifted = np.asarray(data.translate(images, 1, -2))
+    np.testing.assert_array_equal(shifted[:, 1:, :3], np.asarray(images)[:, :4, 2:])  # content moves down, left
+    padded = np.pad(np.asarray(images), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(shifted, padded[:, 1:6, 4:9])
+    np.testing.assert_array_equal(data.translate(images, 0, 0), images)
 
 
 def test_sharded_batches_on_four_host_devices(tmp_path):

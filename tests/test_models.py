@@ -63,3 +63,26 @@ def test_bfloat16_compute_gives_float32_logits():
     logits = model(jnp.ones((2, 32, 32, 3)))
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(logits))
     assert model.blocks[0].conv1.dtype == jnp.bfloat16
+
+
+def _cnn_config(**keys):
+    c = base_config().model
+    c.widths = (8, 8, 8)
+    c.update(keys)
+    return c
+
+
+def test_whitened_stem_decorrelates_patches_and_is_not_a_parameter():
+    rng = np.random.default_rng(0)
+    # Correlated images: smooth noise, so that neighbouring pixels and channels covary.
+    images = rng.normal(size=(200, 17, 17, 3)).cumsum(1).cumsum(2)
+    model = make_model(_cnn_config(stem="whitened", stem_width=24), 10, seed=0)
+    model.stem.fit(images)
+    out = np.asarray(model.stem(jnp.asarray(images, jnp.float32)))[:, :-1, :-1]  # valid 2×2 patches only
+    half = out.reshape(-1, 24)[:, :12]
+    np.testing.assert_allclose(np.cov(half, rowvar=False), np.eye(12), atol=0.05)
+    np.testing.assert_allclose(out[..., 12:], -out[..., :12], rtol=1e-6, atol=1e-6)
+    params = nnx.state(model, nnx.Param)
+    assert "stem" not in params  # frozen: no gradient, no weight decay
+    with pytest.raises(ValueError, match="even width"):
+        make_model(_cnn_config(stem="whitened", stem_width=26), 10, seed=0)
