@@ -83,10 +83,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_fraction = 0.15
     c.optimizer.decay = "linear"  # linear | cosine
-    # Lookahead: every this many steps the weights are averaged into a slow copy and restart from it (0: off);
-    # the average's decay ramps up to lookahead_decay over training.
-    c.optimizer.lookahead_every = 0
-    c.optimizer.lookahead_decay = 0.77
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 1
@@ -301,8 +297,6 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("optimizer.weight_decay", *_NONNEGATIVE),
         ("optimizer.warmup_fraction", *_FRACTION),
         ("optimizer.decay", *_one_of("linear", "cosine")),
-        ("optimizer.lookahead_every", *_int_at_least(0)),
-        ("optimizer.lookahead_decay", *_FRACTION),
     ]
     if _lookup(cfg, "loss.learn_temperature") is True:
         why = "when loss.learn_temperature is set"

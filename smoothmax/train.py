@@ -129,7 +129,6 @@ class TrainState:
     rest: Any  # BatchNorm statistics and other non-parameter variables
     opt_state: Any
     step: jax.Array
-    slow: Any = None  # lookahead's slow copy of (params, rest); None without lookahead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +144,6 @@ class StepSpec:
     crop_pad: int
     eval_views: tuple  # the (dy, dx, mirrored) views whose logits evaluation averages
     learn_temperature: bool
-    lookahead: tuple | None  # (every, peak decay, total steps), or None
 
 
 def create_train_state(cfg, spec: StepSpec, num_classes: int, train_images=None) -> TrainState:
@@ -163,8 +161,7 @@ def create_train_state(cfg, spec: StepSpec, num_classes: int, train_images=None)
     params = {"model": model}
     if spec.learn_temperature:
         params["log_temperature"] = jnp.log(jnp.asarray(cfg.loss.temperature, jnp.float32))
-    slow = jax.tree.map(jnp.copy, (params, rest)) if spec.lookahead else None  # own buffers: steps donate both
-    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32), slow)
+    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32))
 
 
 def temperature_of(spec: StepSpec, params, temperature):
@@ -203,32 +200,12 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips
     updates = jax.tree.map(lambda u: learning_rate * u, updates)
     state = state.replace(params=optax.apply_updates(state.params, updates), rest=new_rest,
                           opt_state=opt_state, step=state.step + 1)
-    if spec.lookahead:
-        state = lookahead_sync(spec, state)
     metrics = {
         "loss": metrics["loss"] + loss * labels.shape[0],
         "correct": metrics["correct"] + jnp.sum(jnp.argmax(logits, -1) == labels),
         "count": metrics["count"] + labels.shape[0],
     }
     return state, metrics
-
-
-def lookahead_sync(spec: StepSpec, state: TrainState) -> TrainState:
-    """Lookahead (Zhang et al., 2019) as airbench uses it: every ``every`` steps, the slow weights move toward
-    the fast ones, ``slow ← d·slow + (1 − d)·fast``, and the fast weights restart from them.
-
-    BatchNorm statistics are averaged with the weights they belong to. The decay ramps up as
-    ``d = peak·(step/total)³``: early on, lookahead leaves training alone; near the end it averages the last
-    syncs, as an EMA of the weights would. The last step always syncs, so the final weights are the slow ones.
-    """
-    every, peak, total = spec.lookahead
-    sync = (state.step % every == 0) | (state.step >= total)
-    decay = peak * (state.step / total) ** 3
-    fast = (state.params, state.rest)
-    moved = jax.tree.map(lambda s, f: jnp.where(sync, decay * s + (1 - decay) * f, s).astype(s.dtype),
-                         state.slow, fast)
-    params, rest = jax.tree.map(lambda m, f: jnp.where(sync, m, f), moved, fast)
-    return state.replace(params=params, rest=rest, slow=moved)
 
 
 def eval_step(spec: StepSpec, state: TrainState, images, labels, mask, temperature, margin):
@@ -306,17 +283,11 @@ def eval_views(data_cfg) -> tuple:
                  for dy, dx in shifts)
 
 
-def lookahead(cfg) -> tuple | None:
-    """The lookahead settings of a run, ``(every, peak decay, total steps)``, or None when it is off."""
-    every = cfg.optimizer.lookahead_every
-    return (int(every), float(cfg.optimizer.lookahead_decay), int(cfg.total_steps)) if every else None
-
-
 def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
     graphdef, _, _ = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
     spec = StepSpec(graphdef, make_optimizer(cfg), objective(cfg.loss.name), mean, std,
                     bool(cfg.data.augment), int(cfg.data.crop_pad), eval_views(cfg.data),
-                    bool(cfg.loss.learn_temperature), lookahead(cfg))
+                    bool(cfg.loss.learn_temperature))
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states

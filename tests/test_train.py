@@ -93,11 +93,6 @@ def interrupt_at_second_evaluation(monkeypatch, run):
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
     c = tiny_config(name="softmax", temperature=0.5, final_temperature=0.1)
     c.epochs = 3
-    # With the CPU recipe's state and stream: lookahead's slow weights, alternating flips, a fitted stem.
-    c.optimizer.lookahead_every = 3
-    c.data.flip = "alternate"
-    c.model.stem = "whitened"
-    c.data.eval_translate = 1
     train.train_and_evaluate(c, tmp_path / "full", progress=False, dataset=tiny_data)
 
     interrupt_at_second_evaluation(
@@ -390,15 +385,3 @@ def test_learned_temperature_refuses_what_it_cannot_learn(key, value):
     node[leaf] = value
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(c)
-
-
-def test_lookahead_moves_slow_weights_on_sync_steps_and_restarts_from_them():
-    spec = train.StepSpec(*[None] * 9, lookahead=(2, 0.5, 4))
-    fast, slow = {"w": np.float32(1.0)}, {"w": np.float32(0.0)}
-    state = train.TrainState(fast, {"bn": np.float32(3.0)}, None, np.int32(1), (slow, {"bn": np.float32(1.0)}))
-    off = train.lookahead_sync(spec, state)  # step 1: no sync
-    assert float(off.params["w"]) == 1.0 and float(off.slow[0]["w"]) == 0.0
-    on = train.lookahead_sync(spec, state.replace(step=np.int32(2)))  # decay 0.5·(2/4)³ = 1/16
-    np.testing.assert_allclose(float(on.slow[0]["w"]), 15 / 16)
-    np.testing.assert_allclose(float(on.rest["bn"]), 1 / 16 + 3 * 15 / 16)
-    assert float(on.params["w"]) == float(on.slow[0]["w"])
