@@ -55,7 +55,7 @@ def main():
 
     def pipeline_step(step):
         idx = data_lib.epoch_permutation(len(ds.train_labels), args.batch, 0, step)[0]
-        flips = data_lib.epoch_flips(len(ds.train_labels), 0, step, "random")[idx]
+        flips = data_lib.epoch_flips(len(ds.train_labels), 0, step)[idx]
         images, labels, flips = data_lib.shard_batch(mesh, ds.train_images[idx], ds.train_labels[idx], flips)
         return prepare(jax.random.key(step), images, flips), labels
 
@@ -71,7 +71,7 @@ def main():
     cfg.total_steps = 1000
     program = train.get_program(cfg, ds)
     state = (train.create_train_state(cfg, program.spec, ds.num_classes, ds.train_images), train.zero_metrics())
-    flips = data_lib.epoch_flips(args.batch, 0, 0, "random")
+    flips = data_lib.epoch_flips(args.batch, 0, 0)
     images, labels, flips = data_lib.shard_batch(mesh, ds.train_images[: args.batch], ds.train_labels[: args.batch],
                                                  flips)
     args_ = (images, labels, flips, jax.random.key(0), np.float32(1.0), np.float32(0.0),

@@ -51,7 +51,7 @@ def main():
     # The bare step: same compiled function, one device-resident batch, no host work in the loop.
     state = train.create_train_state(resolved, program.spec, ds.num_classes, ds.train_images)
     batch = cfg.data.batch_size
-    flips = data_lib.epoch_flips(batch, 0, 0, cfg.data.flip)
+    flips = data_lib.epoch_flips(batch, 0, 0)
     images, labels, flips = data_lib.shard_batch(program.mesh, ds.train_images[:batch], ds.train_labels[:batch],
                                                  flips)
     metrics = train.zero_metrics()

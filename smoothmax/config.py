@@ -39,7 +39,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 1000
     c.data.augment = True
     c.data.crop_pad = 4  # augment: random crops from this much reflect padding (0: no crops)
-    c.data.flip = "random"  # augment: random | alternate (each image flips side every epoch)
     c.data.eval_flip = False  # test metrics on logits averaged over the image and its mirror
     c.data.eval_translate = 0  # test metrics also average the views shifted by ±this many pixels
     c.data.eval_train = False  # at the end, also evaluate the clean training set (no augmentation)
@@ -246,7 +245,6 @@ def _train_size(cfg) -> int | None:
 
 def _rules(cfg, devices: int) -> list[tuple]:
     """(key, check, allowed) for every key a run reads; keys a config lacks are skipped."""
-    from smoothmax.data import FLIPS
     from smoothmax.losses import OBJECTIVES
     from smoothmax.models import HEADS, WHITENED_STEM_MAX
 
@@ -266,7 +264,6 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.eval_batch_size", *_int_at_least(devices)),  # every device gets a row
         ("data.augment", *_BOOL),
         ("data.crop_pad", *_int_at_least(0)),
-        ("data.flip", *_one_of(*FLIPS)),
         ("data.eval_flip", *_BOOL),
         ("data.eval_translate", *_int_at_least(0)),
         ("data.eval_train", *_BOOL),

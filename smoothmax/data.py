@@ -599,20 +599,13 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-FLIPS = ("random", "alternate")
+def epoch_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+    """Which training examples are mirrored in ``epoch``: a fresh coin per example and epoch.
 
-
-def epoch_flips(num_examples: int, seed: int, epoch: int, mode: str) -> np.ndarray:
-    """Which training examples are mirrored in ``epoch``, a bool per example.
-
-    ``random``: a fresh coin per example and epoch. ``alternate``: a coin per example in epoch 0, then each
-    example flips side every epoch, so that any two consecutive epochs show every image both ways (airbench's
-    derandomised flip: random flips repeat a side half the time, which wastes epochs on short budgets).
+    Decided on the host, like the batch order, so that a mirror is a pure function of (seed, epoch, example)
+    whatever the batch size or the number of hosts.
     """
-    if mode not in FLIPS:
-        raise ValueError(f"unknown data.flip {mode!r}: choose one of {', '.join(FLIPS)}")
-    coins = np.random.default_rng([seed, epoch if mode == "random" else 0, 1]).random(num_examples) < 0.5
-    return coins ^ bool(epoch % 2) if mode == "alternate" else coins
+    return np.random.default_rng([seed, epoch, 1]).random(num_examples) < 0.5
 
 
 def augment(key: jax.Array, images: jax.Array, flips: jax.Array, pad: int = 4) -> jax.Array:

@@ -513,7 +513,7 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start = time.time()
         metrics = jax.device_put(zero_metrics((len(cfgs),) if vmapped else ()), replicated)
-        flips = data_lib.epoch_flips(len(ds.train_labels), cfg.data.seed, epoch, cfg.data.flip)
+        flips = data_lib.epoch_flips(len(ds.train_labels), cfg.data.seed, epoch)
         for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
                                                            cfg.data.seed, epoch)):
             step = epoch * steps_per_epoch + i

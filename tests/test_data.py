@@ -273,7 +273,7 @@ def test_epoch_batches_are_deterministic_full_and_reshuffled():
 
 def test_augmentation_shapes_determinism_and_variety():
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)), jnp.float32)
-    key, flips = jax.random.key(0), jnp.asarray(data.epoch_flips(64, 0, 0, "random"))
+    key, flips = jax.random.key(0), jnp.asarray(data.epoch_flips(64, 0, 0))
     out = jax.jit(data.augment)(key, images, flips)
     assert out.shape == images.shape
     np.testing.assert_array_equal(out, jax.jit(data.augment)(key, images, flips))
@@ -298,16 +298,12 @@ def test_augmentation_without_crops_only_mirrors():
     np.testing.assert_array_equal(out, expected)
 
 
-def test_alternating_flips_show_every_image_both_ways_in_two_epochs():
-    first, second = (data.epoch_flips(1000, 3, e, "alternate") for e in (0, 1))
-    np.testing.assert_array_equal(second, ~first)
-    np.testing.assert_array_equal(data.epoch_flips(1000, 3, 2, "alternate"), first)
-    assert 400 < first.sum() < 600  # a fair coin in epoch 0
-    random = [data.epoch_flips(1000, 3, e, "random") for e in (0, 1)]
-    np.testing.assert_array_equal(random[0], first)  # epoch 0: the same coins either way
-    assert 0.4 < np.mean(random[0] == random[1]) < 0.6  # independent coins afterwards
-    with pytest.raises(ValueError, match="data.flip"):
-        data.epoch_flips(10, 0, 0, "sometimes")
+def test_flips_are_fair_coins_fixed_by_seed_and_epoch():
+    first, second = (data.epoch_flips(1000, 3, e) for e in (0, 1))
+    np.testing.assert_array_equal(first, data.epoch_flips(1000, 3, 0))
+    assert 400 < first.sum() < 600
+    assert 0.4 < np.mean(first == second) < 0.6  # independent coins every epoch
+    assert not np.array_equal(first, data.epoch_flips(1000, 4, 0))
 
 
 def test_translate_shifts_with_reflected_borders():

@@ -236,9 +236,12 @@ def test_population_matches_sequential_runs(tmp_path):
                                  dataset=ds)
     for i, c in enumerate(members):
         seq = train.train_and_evaluate(c, tmp_path / f"s{i}", progress=False, dataset=ds)
+        # The vmapped and the single program round differently (1e-7 after a step); a max-pool or global max
+        # whose near-tied inputs swap then amplifies that: one member ends 0.23 % apart in test loss after
+        # 16 steps. A member trained with another's τ, m or seed would be tens of percent apart.
         assert pop[i]["test_accuracy"] == pytest.approx(seq["test_accuracy"], abs=0.011)
-        assert pop[i]["test_loss"] == pytest.approx(seq["test_loss"], rel=1e-3, abs=1e-4)
-        assert pop[i]["train_loss"] == pytest.approx(seq["train_loss"], rel=1e-3, abs=1e-4)
+        assert pop[i]["test_loss"] == pytest.approx(seq["test_loss"], rel=1e-2)
+        assert pop[i]["train_loss"] == pytest.approx(seq["train_loss"], rel=1e-2)
     assert pop[0]["population"] == 3
     with pytest.raises(ValueError, match="may differ only in"):
         other = base.copy_and_resolve_references()
