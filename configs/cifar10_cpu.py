@@ -1,7 +1,9 @@
-"""CPU recipe: the airbench-style CNN (widths 32/64/128) on CIFAR-10, on 2 cores.
+"""CPU recipe: the airbench-style CNN (widths 32/64/128) on CIFAR-10, on 2 cores, to 85 % in about 6 minutes.
 
-8 epochs of batch 128, SGD-Nesterov with linear warm-up and decay,
-crop+flip augmentation, and flip test-time augmentation; evaluated once, at the end, to save time.
+6 epochs of batch 64, SGD-Nesterov with linear warm-up and decay; a frozen whitened 2×2 stem; crop (2-pixel
+padding) and flip augmentation; test-time augmentation over flips and ±2-pixel translations; evaluated once, at
+the end, to save time. Each setting was chosen on a validation split; the README's CPU recipe section gives
+what each one contributed.
 
     smoothmax train --config configs/cifar10_cpu.py:softmax --workdir runs/cpu-softmax
 
@@ -16,19 +18,22 @@ from smoothmax.config import base_config, objective_variant
 
 def get_config(arg: str = "softmax"):
     c = base_config()
-    c.epochs = 8
+    c.epochs = 6
     c.data.name = "cifar10"
     c.data.path = ""  # $SMOOTHMAX_CIFAR10, else the official archive
     c.data.download = True
-    c.data.batch_size = 128
+    c.data.batch_size = 64  # per image as fast as 128 on XLA:CPU, and twice the steps per epoch
+    c.data.crop_pad = 2  # a short budget underfits: milder crops than the usual 4 pixels
     c.data.eval_flip = True
+    c.data.eval_translate = 2
     c.model.name = "cnn"
     c.model.widths = (32, 64, 128)
-    c.model.stem_width = 12  # a narrow full-resolution stem (the README's CPU recipe section has its timings)
-    c.optimizer.learning_rate = 0.1
+    c.model.stem = "whitened"
+    c.model.stem_width = 12  # the 6 leading components of a 2×2 patch, ± each
+    c.optimizer.learning_rate = 0.05  # 0.1 at batch 128, scaled with the batch
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_fraction = 0.15
     c.optimizer.decay = "linear"
-    c.eval_every_epochs = 8
+    c.eval_every_epochs = 6
     c.checkpoint.every_epochs = 2
     return objective_variant(c, arg)

@@ -1,6 +1,6 @@
 """The CPU recipe as a user runs it: `smoothmax train` in a fresh process, timed whole, one JSON line per run.
 
-    python experiments/bench_recipe.py [--variant softmax] [--seeds 0 1 2] [--config.key=value ...]
+    python experiments/bench_recipe.py [--variants softmax lse hard-m1] [--seeds 0 1 2] [--config.key=value ...]
 
 Each run is a cold process start (no persistent compilation cache) with the decoded dataset already in the
 cache (the bench loads it once first), into a fresh workdir. A line gives the command's wall time and its
@@ -12,7 +12,8 @@ phases:
 * ``evaluation``: every evaluation, test-time augmentation included;
 plus images/s in steady state and the test (and validation) accuracy. Run it alone on the machine: timings
 are shared with anything else running. The data come from ``$SMOOTHMAX_CIFAR10`` (set to the JPEG copy in
-../shared when unset and present).
+../shared when unset and present). ``--append FILE`` also appends each line to FILE (the README's numbers are
+in ``experiments/results/recipe/bench.jsonl``).
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ def run_once(config: str, seed: int, overrides: list[str], env: dict) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/cifar10_cpu.py")
-    parser.add_argument("--variant", default="softmax", help="hard, hard-m1, lse or softmax")
+    parser.add_argument("--variants", nargs="+", default=["softmax"], help="hard, hard-m1, lse or softmax")
+    parser.add_argument("--append", type=Path, help="also append each JSON line to this file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args, overrides = parser.parse_known_args()
     if any(not o.startswith("--config.") for o in overrides):
@@ -77,11 +79,16 @@ def main():
     # Warm the decoded-data cache, so that every timed run reads it as a user's second run would.
     warm = subprocess.run([sys.executable, "-c", "import sys; from smoothmax.config import load_config; "
                            "from smoothmax.train import load_data; load_data(load_config(sys.argv[1]))",
-                           f"{args.config}:{args.variant}"], env=env, cwd=ROOT, capture_output=True, text=True)
+                           f"{args.config}:{args.variants[0]}"], env=env, cwd=ROOT, capture_output=True, text=True)
     if warm.returncode != 0:
         raise SystemExit(f"loading the dataset failed:\n{warm.stderr[-3000:]}")
-    for seed in args.seeds:
-        print(json.dumps(run_once(f"{args.config}:{args.variant}", seed, overrides, env)), flush=True)
+    for variant in args.variants:
+        for seed in args.seeds:
+            line = json.dumps(run_once(f"{args.config}:{variant}", seed, overrides, env))
+            print(line, flush=True)
+            if args.append:
+                with args.append.open("a") as f:
+                    f.write(line + "\n")
 
 
 if __name__ == "__main__":
