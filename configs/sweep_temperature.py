@@ -1,7 +1,7 @@
 """The objectives study at CPU scale: hard (m = 0, 1), lse and softmax over τ, with linear and cosine heads.
 
-Runs the CPU recipe (batch 128, SGD-Nesterov at 0.1, warm-up and linear decay) on a narrower network (widths
-16/32/64) for 2 epochs, so that the whole grid (24 points) fits in about 40 minutes of a 2-core CPU. The data
+Runs the earlier CPU recipe's optimiser (batch 128, SGD-Nesterov at 0.1, warm-up and linear decay) on a
+narrower network (widths 16/32/64) for 2 epochs, so that the whole grid (24 points) fits in about 40 minutes of a 2-core CPU. The data
 is the official archive (downloaded once, md5-checked, cached) unless ``$SMOOTHMAX_CIFAR10`` or
 ``--config.data.path`` names a local copy; the README's study ran on the JPEG copy in ../shared:
 
