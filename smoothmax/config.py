@@ -27,6 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.epochs = 10
     c.eval_every_epochs = 1
+    c.evals_per_epoch = 1  # > 1: also evaluate (validation, else test) this many times inside each epoch
     c.log_every_steps = 20
     c.total_steps = -1  # filled in by the trainer
 
@@ -252,6 +253,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("seed", *_int_at_least(0)),
         ("epochs", *_int_at_least(1)),
         ("eval_every_epochs", *_int_at_least(1)),
+        ("evals_per_epoch", *_int_at_least(1)),
         ("log_every_steps", *_int_at_least(1)),
         ("checkpoint.every_epochs", *_int_at_least(1)),
         ("checkpoint.keep", *_int_at_least(1)),

@@ -221,6 +221,7 @@ def _train_group(group: list[dict], pending: list[dict], workdir: Path, mode: st
         return []
     busy = []
     for point in pending:
+        print(f"sweep: point {point['name']}", flush=True)  # which run the lines below belong to
         try:
             train_and_evaluate(point["config"], workdir / "points" / point["name"], progress=progress,
                                dataset=dataset, form=point["form"])

@@ -509,9 +509,35 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
     replicated = NamedSharding(program.mesh, PartitionSpec())
     key = jax.random.key(cfg.data.seed)
     log = ProgressLog(cfgs, vmapped, total_steps, start_epoch * steps_per_epoch, progress)
+    # Evaluations inside an epoch, after these many of its steps (short runs get a readable curve).
+    inside = {steps_per_epoch * k // cfg.evals_per_epoch for k in range(1, cfg.evals_per_epoch)} - {0}
+
+    def evaluate_now(step, metrics):
+        """Evaluate every member after ``step`` steps; append the rows to their histories and write them."""
+        eval_start = time.time()
+        final = step == total_steps
+        temperature, margin, _ = member_values(1.0 if final else min(1.0, step / max(1, total_steps - 1)))
+        if program.spec.learn_temperature:  # logged over training, and the margins' unit
+            temperature = np.exp(jax.device_get(state.params["log_temperature"]))
+        rows = _evaluation_rows(program, state, cfg, ds, validation, final, temperature, margin)
+        phases["evaluation_seconds"] += time.time() - eval_start
+        seen = jax.tree.map(np.atleast_1d, jax.device_get(metrics))  # running sums over this epoch so far
+        epoch = step // steps_per_epoch if step % steps_per_epoch == 0 else round(step / steps_per_epoch, 4)
+        for k, (history, evaluated) in enumerate(zip(histories, rows)):
+            row = {"epoch": epoch, "step": step,
+                   "temperature": float(np.atleast_1d(temperature)[k]),
+                   "margin": float(np.atleast_1d(margin)[k]),
+                   "train_loss": float(seen["loss"][k] / seen["count"][k]),
+                   "train_accuracy": float(seen["correct"][k] / seen["count"][k]),
+                   **evaluated}
+            history.append(row)
+            log.evaluation(row, step / steps_per_epoch, cfg.epochs)
+            if writer:
+                atomic_write_text(workdirs[k] / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+
     epoch_seconds = []
     for epoch in range(start_epoch, cfg.epochs):
-        epoch_start = time.time()
+        epoch_start, paused = time.time(), 0.0
         metrics = jax.device_put(zero_metrics((len(cfgs),) if vmapped else ()), replicated)
         flips = data_lib.epoch_flips(len(ds.train_labels), cfg.data.seed, epoch)
         for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
@@ -531,29 +557,16 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
             if refresh:
                 ledger.update()
             log.step(metrics, refresh)
+            if i + 1 in inside:
+                pause = time.time()
+                evaluate_now(step + 1, metrics)
+                paused += time.time() - pause
         train_metrics = jax.tree.map(np.atleast_1d, jax.device_get(metrics))
-        epoch_seconds.append(time.time() - epoch_start)
+        epoch_seconds.append(time.time() - epoch_start - paused)  # the epoch's steps, not its evaluations
         done = epoch + 1
         log.epoch(done, cfg.epochs, epoch_seconds[-1], steps_per_epoch * cfg.data.batch_size, train_metrics)
         if done % cfg.eval_every_epochs == 0 or done == cfg.epochs:
-            eval_start = time.time()
-            fraction = 1.0 if done == cfg.epochs else done * steps_per_epoch / max(1, total_steps - 1)
-            temperature, margin, _ = member_values(min(fraction, 1.0))
-            if program.spec.learn_temperature:  # logged over training, and the margins' unit
-                temperature = np.exp(jax.device_get(state.params["log_temperature"]))
-            rows = _evaluation_rows(program, state, cfg, ds, validation, done == cfg.epochs, temperature, margin)
-            phases["evaluation_seconds"] += time.time() - eval_start
-            for k, (history, evaluated) in enumerate(zip(histories, rows)):
-                row = {"epoch": done, "step": done * steps_per_epoch,
-                       "temperature": float(np.atleast_1d(temperature)[k]),
-                       "margin": float(np.atleast_1d(margin)[k]),
-                       "train_loss": float(train_metrics["loss"][k] / train_metrics["count"][k]),
-                       "train_accuracy": float(train_metrics["correct"][k] / train_metrics["count"][k]),
-                       **evaluated}
-                history.append(row)
-                log.evaluation(row, done, cfg.epochs)
-                if writer:
-                    atomic_write_text(workdirs[k] / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+            evaluate_now(done * steps_per_epoch, metrics)
         if done % cfg.checkpoint.every_epochs == 0 or done == cfg.epochs:
             save(manager, done, state)
         ledger.update()
@@ -676,7 +689,7 @@ class ProgressLog:
     def evaluation(self, row, done, epochs) -> None:
         splits = "".join(f" | {name} acc {row[name + '_accuracy']:.4f} ce {row[name + '_ce']:.4f}"
                          for name in ("val", "test") if name + "_accuracy" in row)
-        self.bar.write(f"epoch {done}/{epochs} τ={row['temperature']:.4g} m={row['margin']:.4g}: train loss "
+        self.bar.write(f"epoch {done:g}/{epochs} τ={row['temperature']:.4g} m={row['margin']:.4g}: train loss "
                        f"{row['train_loss']:.4f} acc {row['train_accuracy']:.4f}{splits}")
 
     def close(self) -> None:

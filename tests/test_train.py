@@ -344,6 +344,18 @@ def test_validation_split_chooses_and_the_test_set_is_read_once(tmp_path, tiny_d
     assert not any(img.tobytes() in held for img in rest.train_images)
 
 
+def test_evaluations_inside_epochs_give_a_curve_and_leave_training_alone(tmp_path, tiny_data):
+    c = tiny_config(name="softmax")
+    c.epochs, c.data.validation, c.data.batch_size = 2, 100, 51  # 8 steps an epoch
+    plain = train.train_and_evaluate(c, tmp_path / "plain", progress=False, dataset=tiny_data)
+    c.evals_per_epoch = 4
+    curve = train.train_and_evaluate(c, tmp_path / "curve", progress=False, dataset=tiny_data)
+    rows = read_metrics(tmp_path / "curve")
+    assert [r["epoch"] for r in rows] == [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75, 2]
+    assert all("val_accuracy" in r for r in rows) and ["test_accuracy" in r for r in rows] == [False] * 7 + [True]
+    assert curve["test_accuracy"] == plain["test_accuracy"] and curve["train_loss"] == plain["train_loss"]
+
+
 def test_final_evaluation_measures_the_clean_training_set_and_calibration(tmp_path, tiny_data):
     c = tiny_config(name="lse", temperature=0.5)
     c.data.validation = 100
