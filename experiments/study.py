@@ -42,7 +42,11 @@ def finished_points(workdir: Path) -> list[dict]:
     """Every finished point of every recorded invocation, with its ``stage`` and grid ``overrides``; a point
     listed by several stages (the seed-0 run at the chosen rate) appears once per stage."""
     out = []
-    for invocation in read_invocations(workdir):
+    invocations = read_invocations(workdir)
+    scales = {study._variant(inv["config"].partition(":")[2])[0] for inv in invocations}
+    if len(scales) > 1:
+        raise SystemExit(f"{workdir} holds stages of both the CPU and the GPU study: give each its own workdir")
+    for invocation in invocations:
         stage = study._variant(invocation["config"].partition(":")[2])[1]
         for listed in invocation["points"]:
             if is_finished(workdir, listed["name"]):
@@ -74,7 +78,6 @@ def row_of(point: dict, known: dict) -> tuple:
 def _read_choices(workdir: Path) -> dict:
     path = workdir / "choices.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
 
 
 def choose(workdir: Path) -> dict:
@@ -170,7 +173,7 @@ def selection_rows(choices: dict, known: dict) -> list[dict]:
                         "margin": o["loss.margin"], "head": o["model.head"],
                         "control": known[key][0], "learning_rate": float(lr), "val_accuracy": acc,
                         "rule": float(lr) not in study.RATE_SERIES,
-                        "chosen": float(lr) == choices["learning_rate"][key]})
+                        "chosen": float(lr) == choices["learning_rate"].get(key)})
     return out
 
 
@@ -405,6 +408,10 @@ def plot_selection(selection, out: Path):
             best = [x for x in pts if x[2]]
             ax.scatter([b[0] for b in best], [100 * b[1] for b in best], s=80, facecolors="none", edgecolors=color)
         ax.set(xscale="log", title=f"{obj}, {head} head", xlabel="learning rate", ylabel="validation accuracy (%)")
+        rates = sorted({s["learning_rate"] for s in here})
+        if rates:  # label the rates tried, nothing else
+            ax.set_xticks(rates, [f"{lr:g}" for lr in rates], fontsize=7, rotation=45)
+            ax.xaxis.set_minor_locator(_plt().NullLocator())
     _finish(fig, [c[0] for c in cells], "Learning-rate selection on validation (seed 0, short budget; circled: "
             "chosen)", out)
 

@@ -18,7 +18,8 @@ prefix=${2:+$2-}  # "gpu-" for the GPU-scale variants
 start=$(date +%s)
 stage() {
   echo "study: stage $prefix$1 ($(( $(date +%s) - start )) s so far)"
-  python -m smoothmax sweep --config "configs/sweep_temperature.py:$prefix$1" --workdir "$SMOOTHMAX_STUDY_DIR" --no-progress
+  python -m smoothmax sweep --config "configs/sweep_temperature.py:$prefix$1" --workdir "$SMOOTHMAX_STUDY_DIR" \
+    --no-progress --no-report
 }
 choose() { python experiments/study.py choose "$SMOOTHMAX_STUDY_DIR"; }
 extend() {  # a row whose best rate is an edge of those tried gets the next one, until none is

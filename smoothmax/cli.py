@@ -64,6 +64,8 @@ def main(argv=None) -> int:
                        help="how members that differ only in τ, m or seed train: vmapped in one step, "
                             "or one after another through one compiled step (auto: vmap on GPU/TPU)")
     sweep.add_argument("--no-progress", dest="progress", action="store_false")
+    sweep.add_argument("--no-report", dest="report", action="store_false",
+                       help="only train: no table and no report.md (a study that writes its own report)")
     sweep.add_argument("--distributed", action="store_true")
     report = sub.add_parser("report", help="write report.md and figures for a sweep workdir")
     report.add_argument("workdir")
@@ -88,8 +90,9 @@ def main(argv=None) -> int:
             _init_distributed(args.distributed)
             summaries = run_sweep(args.config, args.workdir, shard=shard, mode=args.population,
                                   overrides=overrides, progress=args.progress)
-            print(markdown_table(summary_table(summaries)))
-            if shard[1] == 1 and summaries:  # none finished: every point was busy in another process
+            if args.report and summaries:
+                print(markdown_table(summary_table(summaries)))
+            if args.report and shard[1] == 1 and summaries:  # none finished: every point was busy elsewhere
                 print(f"report: {write_report(args.workdir)}")
         elif args.command == "report":
             from smoothmax.report import write_report

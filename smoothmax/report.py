@@ -194,21 +194,24 @@ def plot_accuracy_vs_temperature(rows, out: Path):
 def plot_training_curves(results, out: Path):
     plt = _plt()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(12, 4.5))
+    # With a validation split, evaluations during training read it and the test set is read at the end only.
+    split = "val" if any("val_accuracy" in row for r in results for row in r["history"]) else "test"
+    name = "validation" if split == "val" else "test"
     for r in results:
-        h = r["history"]
+        h = [row for row in r["history"] if f"{split}_accuracy" in row]
         if not h:
             continue
         epochs = [row["epoch"] for row in h]
         style = "-" if r["head"] == "linear" else "--"
         kw = dict(color=OBJECTIVE_COLORS.get(r["objective"]), ls=style, alpha=0.7, lw=1)
-        ax_acc.plot(epochs, [100 * row["test_accuracy"] for row in h], **kw)
-        ax_loss.plot(epochs, [row["test_ce"] for row in h], **kw)
+        ax_acc.plot(epochs, [100 * row[f"{split}_accuracy"] for row in h], **kw)
+        ax_loss.plot(epochs, [row[f"{split}_ce"] for row in h], **kw)
     for obj, color in OBJECTIVE_COLORS.items():
         ax_acc.plot([], [], color=color, label=obj)
     ax_acc.plot([], [], color="gray", ls="-", label="linear head")
     ax_acc.plot([], [], color="gray", ls="--", label="cosine head")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy during training")
-    ax_loss.set(xlabel="epoch", ylabel="test cross-entropy", title="Test cross-entropy during training")
+    ax_acc.set(xlabel="epoch", ylabel=f"{name} accuracy (%)", title=f"{name.capitalize()} accuracy during training")
+    ax_loss.set(xlabel="epoch", ylabel=f"{name} cross-entropy", title=f"{name.capitalize()} cross-entropy during training")
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)

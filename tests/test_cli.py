@@ -42,6 +42,9 @@ def test_cli_sweep_and_report(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "shard 1/3 has 2" in out and "| objective |" in out
     assert len(list((work / "points").iterdir())) == 2
+    # The whole sweep without a report (its finished points are not retrained): no table, no report.md.
+    assert cli_main(["sweep", "--config", cfg, "--workdir", str(work), "--no-progress", "--no-report"]) == 0
+    assert "| objective |" not in capsys.readouterr().out and not (work / "report.md").exists()
     assert cli_main(["report", str(work)]) == 0
     assert (work / "report.md").exists()
     assert cli_main(["sweep", "--config", cfg, "--workdir", str(work), "--shard", "5/5"]) == 2

@@ -272,6 +272,15 @@ def test_sweep_runs_shards_and_writes_report(tmp_path):
     assert (work / "results.csv").read_text().startswith("objective,temperature")
 
 
+def test_report_of_a_sweep_with_a_validation_split(tmp_path):
+    """Its curves are the validation split's: the test set is read at the end only."""
+    cfg = write_sweep_config(tmp_path, SMALL_GRID)
+    work = tmp_path / "work"
+    sweep.run_sweep(cfg, work, progress=False, overrides=["data.validation=100", "epochs=2"])
+    assert "2 finished points" in report.write_report(work).read_text()
+    assert (work / "figures" / "training_curves.png").exists()
+
+
 def _events(work) -> int:
     """How far a sweep has come: evaluations written plus points finished (grows as it trains)."""
     lines = sum(len(p.read_text().splitlines()) for p in work.glob("points/*/metrics.jsonl"))
