@@ -431,20 +431,21 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
         L = τ·log(1 + e^a·(S − e^b)/e^b) = s + τ·log(e^a·S + (1 − e^a)·e^b) − z_y
 
     For m ≤ 0 both terms are ≥ 0, so nothing cancels; at m = 0 this is cross-entropy by log-sum-exp. The
-    two per-example exps are then taken relative to ``d = max(a, b)``, so that a large negative margin and
-    a far-behind target cannot underflow together. For 0 < m ≤ τ·log 8 the form ``e^b + e^a·(S − e^b)``
-    cancels at most ``e^a ≤ 8`` ulps (an absolute error of a few τ·eps, as cross-entropy by log-sum-exp
-    has) and gives exactly 0 where no rival mass is left. This drops the per-example softplus of
-    ``_finish``, which for few classes costs as much as the reductions. At τ = 0 the loss is the hinge
-    over the row max.
+    two per-example exps are then taken relative to ``d = max(a, b)`` where some m < −60·τ, so that a
+    large negative margin and a far-behind target cannot underflow together. For 0 < m ≤ τ·log 8 the
+    form ``e^b + e^a·(S − e^b)`` cancels at most ``e^a ≤ 8`` ulps (an absolute error of a few τ·eps, as
+    cross-entropy by log-sum-exp has) and gives exactly 0 where no rival mass is left. This drops the
+    per-example softplus of ``_finish``, which for few classes costs as much as the reductions. At τ = 0
+    the loss is the hinge over the row max.
     """
     peak, shift, exps = _shifted_exps(z, tau_m)
     target = _target_logit(z, labels)
     safe_tau = _safe_tau(tau_m)
     total = jnp.sum(exps, axis=-1)
-    # A scalar switch: no margin, margins ≥ 0, any others (mixed signs included).
-    which = jnp.where(jnp.all(margin == 0), 0, jnp.where(jnp.all(margin >= 0), 1, 2))
-    d, inner = lax.switch(which, (_no_margin_terms, _positive_margin_terms, _margin_terms),
+    # A scalar switch: no margin; margins ≥ 0 (up to the path's bound); margins in [−60·τ, 0]; any others.
+    which = jnp.select([jnp.all(margin == 0), jnp.all(margin >= 0),
+                        jnp.all((margin <= 0) & (margin >= _RESCALE_BELOW * safe_tau))], [0, 1, 2], 3)
+    d, inner = lax.switch(which, (_no_margin_terms, _positive_margin_terms, _negative_margin_terms, _margin_terms),
                           total, target, shift, safe_tau, margin)
     # A +inf target beats every finite rival (the formula would give inf − inf).
     smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
@@ -465,6 +466,17 @@ def _positive_margin_terms(total, target, shift, safe_tau, margin):
     # is needed, and with no rival mass left (the target's term the whole sum) the loss is exactly 0.
     target_term = jnp.exp((target - shift) / safe_tau)
     return jnp.zeros_like(total), target_term + jnp.exp(margin / safe_tau) * (total - target_term)
+
+
+def _negative_margin_terms(total, target, shift, safe_tau, margin):
+    # −60·τ ≤ m ≤ 0: both terms are ≥ 0, and e^a·S ≥ e^-60 keeps the sum normal (S ≥ 1), so no rescale is
+    # needed: one per-example exp fewer than ``_margin_terms``.
+    a = margin / safe_tau
+    return jnp.zeros_like(total), jnp.exp(a) * total - jnp.expm1(a) * jnp.exp((target - shift) / safe_tau)
+
+
+# Below m = −60·τ, e^{m/τ} could take the whole sum below float32's normal range: rescale there.
+_RESCALE_BELOW = -60.0
 
 
 def _margin_terms(total, target, shift, safe_tau, margin):
