@@ -122,6 +122,24 @@ def _mean(values):
 
 FINAL_STAGES = ("replicate", "long", "controls")
 
+# results.csv columns that average one final metric over the seeds: column -> key of the run's final metrics.
+_FINAL_MEANS = {
+    "train_accuracy_mean": "clean_train_accuracy",
+    "train_loss_mean": "clean_train_loss",
+    "train_logit_margin_mean": "clean_train_logit_margin_mean",
+    "train_logit_margin_over_tau": "clean_train_logit_margin_over_tau_mean",
+    "train_implicit_margin_mean": "clean_train_implicit_margin_mean",
+    "train_implicit_margin_over_tau": "clean_train_implicit_margin_over_tau_mean",
+    "train_zero_loss_fraction": "clean_train_zero_loss_fraction",
+    "gradient_participation": "clean_train_gradient_participation",
+    "train_logit_norm": "clean_train_logit_norm_mean",
+    "final_temperature": "temperature",
+    "posthoc_temperature": "posthoc_temperature",
+    "calibrated_test_nll": "calibrated_test_nll",
+    "test_ece": "test_ece",
+    "calibrated_test_ece": "calibrated_test_ece",
+}
+
 
 def results_rows(points: list[dict], known: dict) -> list[dict]:
     """One row per (objective, τ, m, head, epochs, control): means over the seeds of the final runs."""
@@ -141,22 +159,9 @@ def results_rows(points: list[dict], known: dict) -> list[dict]:
             "learning_rate": rs[0]["config"]["optimizer"]["learning_rate"],
             "val_accuracy_mean": _mean(val), "val_accuracy_ci95": t_interval(val),
             "test_accuracy_mean": _mean(acc), "test_accuracy_ci95": t_interval(acc),
-            "train_accuracy_mean": _mean(x["clean_train_accuracy"] for x in f),
-            "train_loss_mean": _mean(x["clean_train_loss"] for x in f),
-            "train_logit_margin_mean": _mean(x["clean_train_logit_margin_mean"] for x in f),
-            "train_logit_margin_over_tau": _mean(x["clean_train_logit_margin_over_tau_mean"] for x in f),
-            "train_implicit_margin_mean": _mean(x["clean_train_implicit_margin_mean"] for x in f),
-            "train_implicit_margin_over_tau": _mean(x["clean_train_implicit_margin_over_tau_mean"] for x in f),
+            **{column: _mean(x[key] for x in f) for column, key in _FINAL_MEANS.items()},
             "implicit_margin_bound": _mean(r["implicit_margin_bound"] for r in rs),
-            "train_zero_loss_fraction": _mean(x["clean_train_zero_loss_fraction"] for x in f),
-            "gradient_participation": _mean(x["clean_train_gradient_participation"] for x in f),
-            "train_logit_norm": _mean(x["clean_train_logit_norm_mean"] for x in f),
-            "final_temperature": _mean(x["temperature"] for x in f),
-            "posthoc_temperature": _mean(x["posthoc_temperature"] for x in f),
-            "calibrated_test_nll": _mean(x["calibrated_test_nll"] for x in f),
             "calibrated_test_nll_ci95": t_interval([x["calibrated_test_nll"] for x in f]),
-            "test_ece": _mean(x["test_ece"] for x in f),
-            "calibrated_test_ece": _mean(x["calibrated_test_ece"] for x in f),
             "wall_seconds_mean": _mean(r["wall_seconds"] for r in rs),
         })
     return sorted(rows, key=lambda r: (r["control"] != "", r["control"], r["epochs"], r["head"], r["objective"],
