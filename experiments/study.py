@@ -184,13 +184,28 @@ def selection_rows(choices: dict, known: dict) -> list[dict]:
 
 # Paired comparisons, fixed before looking at the results: (name, row a, row b) with rows as
 # (objective, τ, m, control); each is made per head and budget, on the seeds both rows have.
+def _fixed(objective, tau, margin=0.0, control=""):
+    return (objective, tau, margin, control)
+
+
+_TAUS = study.TEMPERATURES
+# Every comparison the report makes, fixed in advance and systematic: the two smoothings against each
+# other at every τ, each against hard, each τ against its neighbours (and 0.1 against 1), and the
+# baselines and schedules against the main-grid row they modify. Intervals are per comparison (about 50
+# of them with both heads and budgets): expect a few of them to exclude zero by chance.
 COMPARISONS = (
-    ("softmax − lse at τ = 1", ("softmax", 1.0, 0.0, ""), ("lse", 1.0, 0.0, "")),
-    ("softmax − lse at τ = 0.1", ("softmax", 0.1, 0.0, ""), ("lse", 0.1, 0.0, "")),
-    ("lse τ = 0.1 − hard m = 0", ("lse", 0.1, 0.0, ""), ("hard", 0.0, 0.0, "")),
-    ("lse τ = 1 − hard m = 1", ("lse", 1.0, 0.0, ""), ("hard", 0.0, 1.0, "")),
-    ("softmax τ = 0.1 − softmax τ = 1", ("softmax", 0.1, 0.0, ""), ("softmax", 1.0, 0.0, "")),
-    ("lse τ = 0.1 − lse τ = 1", ("lse", 0.1, 0.0, ""), ("lse", 1.0, 0.0, "")),
+    *((f"softmax − lse at τ = {t:g}", _fixed("softmax", t), _fixed("lse", t)) for t in _TAUS),
+    ("lse τ = 0.1 − hard m = 0", _fixed("lse", 0.1), _fixed("hard", 0.0)),
+    ("lse τ = 1 − hard m = 1", _fixed("lse", 1.0), _fixed("hard", 0.0, 1.0)),
+    ("hard m = 1 − hard m = 0", _fixed("hard", 0.0, 1.0), _fixed("hard", 0.0)),
+    *((f"{o} τ = {a:g} − {o} τ = {b:g}", _fixed(o, a), _fixed(o, b))
+      for o in ("lse", "softmax") for a, b in (*zip(_TAUS, _TAUS[1:]), (0.1, 1.0))),
+    ("NormFace (learned τ from 0.1) − softmax τ = 0.1", _fixed("softmax", 0.1, 0.0, "NormFace (learned τ)"),
+     _fixed("softmax", 0.1)),
+    ("AM-Softmax − softmax τ = 0.1", _fixed("softmax", 1 / 30, 0.35, "AM-Softmax (s = 30, m = 0.35)"),
+     _fixed("softmax", 0.1)),
+    *((f"{o} τ 1 → 0 − {o} τ = 1", _fixed(o, 1.0, 0.0, "τ schedule 1 → 0"), _fixed(o, 1.0))
+      for o in ("lse", "softmax")),
 )
 
 
