@@ -40,9 +40,12 @@ def ece(logits, labels, temperature: float = 1.0, bins: int = 15) -> float:
 
 
 def posthoc_temperature(logits, labels) -> float:
-    """The T > 0 that minimises ``nll(logits, labels, T)``: golden-section search on log T in [e^-6, e^6]
-    (the NLL is unimodal in log T)."""
-    lo, hi = -6.0, 6.0
+    """The T > 0 that minimises ``nll(logits, labels, T)``: golden-section search on log T (the NLL is
+    unimodal in log T) within e^±8 of the logits' spread, so that a model whose logits are all tiny (hard
+    at m = 0 ends near the all-equal minimiser, spread ~1e-3) gets its own T rather than a fixed bound."""
+    spread = float(np.std(logits))
+    centre = np.log(spread) if spread > 0 else 0.0
+    lo, hi = centre - 8.0, centre + 8.0
     ratio = (np.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))

@@ -17,6 +17,16 @@ def test_posthoc_temperature_recovers_the_temperature_that_generated_the_labels(
     assert metrics.ece(logits, labels, 2.0) < 0.02 < metrics.ece(logits, labels, 1.0)
 
 
+@pytest.mark.parametrize("scale", [1e-4, 1e4])
+def test_posthoc_temperature_follows_the_logits_scale(scale):
+    """Hard at m = 0 ends with logits of spread ~1e-3: its T must be found, not clipped at a fixed bound."""
+    rng = np.random.default_rng(1)
+    logits = 3.0 * rng.standard_normal((20_000, 10))
+    probs = np.exp(metrics.log_softmax(logits, 2.0))
+    labels = (probs.cumsum(-1) > rng.random((20_000, 1))).argmax(-1)
+    assert metrics.posthoc_temperature(scale * logits, labels) == pytest.approx(2.0 * scale, rel=0.05)
+
+
 def test_ece_of_a_perfectly_confident_and_correct_model_is_zero():
     logits = np.array([[100.0, 0.0], [0.0, 100.0]])
     assert metrics.ece(logits, np.array([0, 1])) == pytest.approx(0.0, abs=1e-12)
