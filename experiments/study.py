@@ -46,7 +46,8 @@ def finished_points(workdir: Path) -> list[dict]:
     invocations = read_invocations(workdir)
     scales = {study._variant(inv["config"].partition(":")[2])[0] for inv in invocations}
     if len(scales) > 1:
-        raise SystemExit(f"{workdir} holds stages of both the CPU and the GPU study: give each its own workdir")
+        raise SystemExit(f"{workdir} holds stages of both the CPU and the GPU study: "
+                         "give each its own workdir")
     for invocation in invocations:
         stage = study._variant(invocation["config"].partition(":")[2])[1]
         for listed in invocation["points"]:
@@ -189,21 +190,21 @@ def _row(objective, tau, margin=0.0, control=""):
     return (objective, tau, margin, control)
 
 
-_TAUS = study.TEMPERATURES
 # Every comparison the report makes, each per head and budget on the seeds both rows have. Systematic
 # rather than chosen by result (though written after the short budget's first six had been read): the two
 # smoothings against each other at every τ, each against hard, each τ against its neighbours (and 0.1
 # against 1), the baselines and schedules against the main-grid row they modify. Intervals are per
 # comparison, uncorrected: with dozens of them, a few will exclude zero by chance.
 COMPARISONS = (
-    *((f"softmax − lse at τ = {t:g}", _row("softmax", t), _row("lse", t)) for t in _TAUS),
+    *((f"softmax − lse at τ = {t:g}", _row("softmax", t), _row("lse", t)) for t in study.TEMPERATURES),
     *((f"{o} τ = 0.1 − hard m = 0", _row(o, 0.1), _row("hard", 0.0)) for o in ("lse", "softmax")),
     *((f"{o} τ = 1 − hard m = 1", _row(o, 1.0), _row("hard", 0.0, 1.0)) for o in ("lse", "softmax")),
     ("hard m = 1 − hard m = 0", _row("hard", 0.0, 1.0), _row("hard", 0.0)),
     *((f"{o} τ = {a:g} − {o} τ = {b:g}", _row(o, a), _row(o, b))
-      for o in ("lse", "softmax") for a, b in (*zip(_TAUS, _TAUS[1:]), (0.1, 1.0))),
-    ("NormFace (learned τ from 0.1) − softmax τ = 0.1", _row("softmax", 0.1, 0.0, "NormFace (learned τ)"),
-     _row("softmax", 0.1)),
+      for o in ("lse", "softmax")
+      for a, b in (*zip(study.TEMPERATURES, study.TEMPERATURES[1:]), (0.1, 1.0))),
+    ("NormFace (learned τ from 0.1) − softmax τ = 0.1",
+     _row("softmax", 0.1, 0.0, "NormFace (learned τ)"), _row("softmax", 0.1)),
     ("AM-Softmax − softmax τ = 0.1", _row("softmax", 1 / 30, 0.35, "AM-Softmax (s = 30, m = 0.35)"),
      _row("softmax", 0.1)),
     *((f"{o} τ 1 → 0 − {o} τ = 1", _row(o, 1.0, 0.0, "τ schedule 1 → 0"), _row(o, 1.0))

@@ -90,10 +90,10 @@ def main(argv=None) -> int:
             _init_distributed(args.distributed)
             summaries = run_sweep(args.config, args.workdir, shard=shard, mode=args.population,
                                   overrides=overrides, progress=args.progress)
-            if args.report and summaries:
+            if args.report and summaries:  # none finished: every point was busy in another process
                 print(markdown_table(summary_table(summaries)))
-            if args.report and shard[1] == 1 and summaries:  # none finished: every point was busy elsewhere
-                print(f"report: {write_report(args.workdir)}")
+                if shard[1] == 1:
+                    print(f"report: {write_report(args.workdir)}")
         elif args.command == "report":
             from smoothmax.report import write_report
 

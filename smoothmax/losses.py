@@ -442,11 +442,11 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
     target = _target_logit(z, labels)
     safe_tau = _safe_tau(tau_m)
     total = jnp.sum(exps, axis=-1)
-    # A scalar switch: no margin; margins ≥ 0 (up to the path's bound); margins in [−60·τ, 0]; any others.
+    # A scalar switch: no margin; margins ≥ 0 (up to the path's bound); in [−60·τ, 0]; any others.
     which = jnp.select([jnp.all(margin == 0), jnp.all(margin >= 0),
                         jnp.all((margin <= 0) & (margin >= _RESCALE_BELOW * safe_tau))], [0, 1, 2], 3)
-    d, inner = lax.switch(which, (_no_margin_terms, _positive_margin_terms, _negative_margin_terms, _margin_terms),
-                          total, target, shift, safe_tau, margin)
+    branches = (_no_margin_terms, _positive_margin_terms, _negative_margin_terms, _margin_terms)
+    d, inner = lax.switch(which, branches, total, target, shift, safe_tau, margin)
     # A +inf target beats every finite rival (the formula would give inf − inf).
     smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
     loss = jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
@@ -469,8 +469,8 @@ def _positive_margin_terms(total, target, shift, safe_tau, margin):
 
 
 def _negative_margin_terms(total, target, shift, safe_tau, margin):
-    # −60·τ ≤ m ≤ 0: both terms are ≥ 0, and e^a·S ≥ e^-60 keeps the sum normal (S ≥ 1), so no rescale is
-    # needed: one per-example exp fewer than ``_margin_terms``.
+    # −60·τ ≤ m ≤ 0: both terms are ≥ 0, and e^a·S ≥ e^-60 keeps the sum normal (S ≥ 1), so no rescale
+    # is needed: one per-example exp fewer than ``_margin_terms``.
     a = margin / safe_tau
     return jnp.zeros_like(total), jnp.exp(a) * total - jnp.expm1(a) * jnp.exp((target - shift) / safe_tau)
 

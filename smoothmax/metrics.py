@@ -40,16 +40,25 @@ def ece(logits, labels, temperature: float = 1.0, bins: int = 15) -> float:
 
 
 def posthoc_temperature(logits, labels) -> float:
-    """The T > 0 that minimises ``nll(logits, labels, T)``: golden-section search on log T (the NLL is
-    unimodal in log T) within e^±8 of the logits' spread, so that a model whose logits are all tiny (hard
-    at m = 0 ends near the all-equal minimiser, spread ~1e-3) gets its own T rather than a fixed bound."""
-    spread = float(np.std(logits))
-    centre = np.log(spread) if spread > 0 else 0.0
-    lo, hi = centre - 8.0, centre + 8.0
+    """The T > 0 that minimises ``nll(logits, labels, T)``. The NLL is unimodal in log T: a scan in unit
+    steps of log T around the logits' spread within rows (softmax ignores a row's offset), moved while its
+    best point is an edge, brackets the minimum; a golden-section search refines it. So a model whose
+    logits are all tiny (hard at m = 0 ends near the all-equal minimiser) gets its own T, not a bound;
+    separable data (the NLL falls as T → 0) stop at e^-40 times the spread."""
+    spread = float(np.std(logits - logits.mean(-1, keepdims=True)))
+    centre = float(np.round(np.log(spread))) if spread > 0 else 0.0
+    grid = np.arange(-8.0, 9.0) + centre
+    while True:
+        best = int(np.argmin([nll(logits, labels, np.exp(g)) for g in grid]))
+        at_edge = best in (0, len(grid) - 1)
+        if not at_edge or abs(grid[best] - centre) >= 40:
+            break
+        grid = grid + (16.0 if best else -16.0)
+    lo, hi = grid[best] - 1.0, grid[best] + 1.0
     ratio = (np.sqrt(5) - 1) / 2
     a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
     fa, fb = nll(logits, labels, np.exp(a)), nll(logits, labels, np.exp(b))
-    for _ in range(60):
+    for _ in range(40):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - ratio * (hi - lo)

@@ -210,8 +210,10 @@ def plot_training_curves(results, out: Path):
         ax_acc.plot([], [], color=color, label=obj)
     ax_acc.plot([], [], color="gray", ls="-", label="linear head")
     ax_acc.plot([], [], color="gray", ls="--", label="cosine head")
-    ax_acc.set(xlabel="epoch", ylabel=f"{name} accuracy (%)", title=f"{name.capitalize()} accuracy during training")
-    ax_loss.set(xlabel="epoch", ylabel=f"{name} cross-entropy", title=f"{name.capitalize()} cross-entropy during training")
+    ax_acc.set(xlabel="epoch", ylabel=f"{name} accuracy (%)",
+               title=f"{name.capitalize()} accuracy during training")
+    ax_loss.set(xlabel="epoch", ylabel=f"{name} cross-entropy",
+                title=f"{name.capitalize()} cross-entropy during training")
     ax_loss.set_yscale("log")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)

@@ -587,10 +587,11 @@ def test_eager_calls_compile_once_per_shape():
 
 
 @pytest.mark.parametrize("margins", [[0.0] * 4, [0.3, 0.0, 0.5, 0.1], [-0.5, -0.1, 0.0, -2.0],
-                                     [-29.0, -0.1, -3.0, -30.0], [-80.0, -0.2, 0.0, -70.0], [-0.5, 0.3, 0.0, 0.1]])
+                                     [-29.0, -0.1, -3.0, -30.0], [-80.0, -0.2, 0.0, -70.0],
+                                     [-0.5, 0.3, 0.0, 0.1]])
 def test_softmax_value_on_each_margin_branch_matches_float64(margins):
-    """The softmax value's per-example terms switch on the batch's margins (none, ≥ 0, [−60·τ, 0], others);
-    rows with a dominant and a far-behind target, in float32 against the float64 reference."""
+    """The softmax value's per-example terms switch on the batch's margins (none, ≥ 0, [−60·τ, 0],
+    others); rows with a dominant and a far-behind target, in float32 against the float64 reference."""
     z, y = random_problem(7, 4, 10, 3.0)
     z[0, y[0]] = np.delete(z[0], y[0]).max() + 30.0
     z[1, y[1]] = np.delete(z[1], y[1]).min() - 30.0

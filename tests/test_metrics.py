@@ -25,6 +25,16 @@ def test_posthoc_temperature_follows_the_logits_scale(scale):
     probs = np.exp(metrics.log_softmax(logits, 2.0))
     labels = (probs.cumsum(-1) > rng.random((20_000, 1))).argmax(-1)
     assert metrics.posthoc_temperature(scale * logits, labels) == pytest.approx(2.0 * scale, rel=0.05)
+    # A per-row offset changes no probability, so it must not move the search window either.
+    offsets = 1e3 * rng.standard_normal((20_000, 1))
+    assert metrics.posthoc_temperature(scale * logits + offsets, labels) == pytest.approx(2.0 * scale, rel=0.05)
+
+
+def test_posthoc_temperature_of_separable_logits_goes_far_below_their_spread():
+    """Every label is its row's argmax: the NLL falls as T → 0, so the search moves past its first window."""
+    logits = np.random.default_rng(2).standard_normal((5_000, 10))
+    t = metrics.posthoc_temperature(logits, logits.argmax(-1))
+    assert 0 < t < 1e-12 and metrics.nll(logits, logits.argmax(-1), t) < 1e-6
 
 
 def test_ece_of_a_perfectly_confident_and_correct_model_is_zero():
