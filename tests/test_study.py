@@ -135,5 +135,18 @@ def test_stages_choose_on_validation_and_the_report_reads_the_points_alone(study
         "", "AM-Softmax (s = 30, m = 0.35)", "dense gradient only: lse, m = −τ·log(C−1)"}
     paired = list(csv.DictReader((work / "paired.csv").open()))
     assert paired and all(r["n_pairs"] == "3" for r in paired)
+    dense_only = {r["comparison"] for r in paired if r["comparison"].startswith("dense gradient only")}
+    assert {c.rsplit(" − ", 1)[1] for c in dense_only} == {"lse at τ = 0.1", "lse at τ = 1", "hard m = 0"}
     figures = {p.name for p in (work / "figures").iterdir()}
     assert figures == {f"{name}.png" for name in study.FIGURES}
+
+
+def test_paired_p_is_the_paired_t_test_and_holm_steps_down(study):
+    from scipy import stats
+
+    diffs = [1.0, 2.0, 3.5]
+    assert study.paired_p(diffs) == pytest.approx(stats.ttest_1samp(diffs, 0.0).pvalue)
+    assert study.paired_p([0.5, 0.5, 0.5]) == 0.0 and study.paired_p([0.0, 0.0]) == 1.0
+    # 0.01 < 0.05/4 is rejected; 0.03 ≥ 0.05/3 stops the procedure, so 0.04 is kept although 0.04 < 0.05/2.
+    assert study.holm([0.01, 0.04, 0.03, 0.5]) == [True, False, False, False]
+    assert study.holm([0.001, 0.02, 0.012]) == [True, True, True]
