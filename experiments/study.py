@@ -542,8 +542,9 @@ def report(workdir: Path) -> Path:
     text = [
         "# The objectives study",
         "",
-        f"{len(distinct)} finished runs ({', '.join(f'{s}: {n}' for s, n in stages.items())}), "
-        f"{hours:.2f} CPU-hours of wall time ({first['provenance'].get('device_kind', first['backend'])}); "
+        f"{len(distinct)} finished runs (per stage, a run two stages share counted in each: "
+        f"{', '.join(f'{s}: {n}' for s, n in stages.items())}), "
+        f"{hours:.2f} hours of summed run wall time ({first['provenance'].get('device_kind', first['backend'])}); "
         f"data: {first['canonical']['data.source']} (the JPEG copy of CIFAR-10 when the hash says so). "
         "Design: `configs/sweep_temperature.py`; the README's study section reads these tables.",
         "",

@@ -8,7 +8,7 @@
 #
 # Resumable at any point: a finished run is never retrained (its folder holds summary.json), an interrupted one
 # resumes from its last checkpoint, and a stage whose points are all finished takes seconds. On the 2-core CPU
-# a short run takes about 70 s and a long one about 4 min; the README gives the CPU-hours.
+# a short run takes about 70 s and a long one about 4 min; the README gives the whole study's hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The README's numbers come from the JPEG copy in ../shared; SMOOTHMAX_CIFAR10= (empty) takes the official archive.
