@@ -252,14 +252,14 @@ def paired_rows(points: list[dict], known: dict) -> list[dict]:
 
 
 def paired_p(diffs) -> float:
-    """Two-sided p of the paired t-test that the mean difference is 0."""
+    """Two-sided p of the paired t-test that the mean difference is 0 (scipy's one-sample t-test on the
+    differences). Identical differences have no spread: p is 0 unless they are all 0 (then 1), where scipy
+    would warn and give nan."""
     from scipy import stats  # installed with jax, which requires it
 
-    sd = np.std(diffs, ddof=1)
-    if sd == 0:
-        return 0.0 if np.mean(diffs) != 0 else 1.0
-    t = np.mean(diffs) / (sd / math.sqrt(len(diffs)))
-    return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
+    if np.ptp(diffs) == 0:
+        return 0.0 if diffs[0] != 0 else 1.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
 def holm(p_values, alpha: float = 0.05) -> list[bool]:
