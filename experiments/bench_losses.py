@@ -10,7 +10,8 @@ each margin on its own line: m < 0 (-0.2), m = 0, m > 0 within τ·log 8 (0.2, t
 it (2.0, the target mask; AM-Softmax's m/τ is of this kind); an 8-temperature ``vmap`` sweep of the softmax
 loss against one single call; an eager (not jitted) call of each loss on [64, 10] against optax's
 eager call; and, without a target, the masked rival max and a select-free alternative against a plain row
-max (why hard with m > 0 misses its targets on XLA:CPU).
+max (why hard with m > 0 misses its targets on XLA:CPU), and the one-reduction value paths against the
+library-reduction ones at 10 to 32 classes (where ``one_pass_classes`` lies).
 Targets on the 2-core CPU, at every margin: softmax <= 1.10x optax, lse <= 1.15x, hard <= 0.8x forward
 and <= 1.0x gradient, the 8-temperature sweep <= 8.5x one call, an eager call <= 3x optax's.
 
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import optax
 
 import smoothmax
-from smoothmax.losses import _rival_max  # the masked reduction hard's m > 0 path runs
+from smoothmax import losses  # the paths, called directly where a case explains a choice
 
 SHAPES = [(8192, 1000), (65536, 10)]
 TARGETS = {("softmax", "forward"): 1.10, ("softmax", "gradient"): 1.10,
@@ -138,7 +139,7 @@ def measure(repeats, margins):
         "single_ms": t_single * 1e3, "ratio": t_sweep / t_single, "target": 8.5,
         "optax_sweep_ms": t_optax_sweep * 1e3,
     })
-    return results + measure_reductions(repeats)
+    return results + measure_reductions(repeats) + measure_one_pass(repeats)
 
 
 def measure_reductions(repeats):
@@ -157,10 +158,32 @@ def measure_reductions(repeats):
             return jnp.max(z + m * apart, axis=-1) - jnp.take_along_axis(z, y[:, None], -1)[:, 0]
 
         plain = _timer(jax.jit(lambda z, y: jnp.max(z, axis=-1)), z, y)
-        for name, fn in (("rival_max_select", _rival_max), ("hinge_arithmetic_mask", arithmetic_hinge)):
+        for name, fn in (("rival_max_select", losses._rival_max), ("hinge_arithmetic_mask", arithmetic_hinge)):
             t_case, t_plain = _interleaved(_timer(jax.jit(fn), z, y), plain, repeats)
             results.append({"case": name, "shape": [batch, classes], "ms": t_case * 1e3,
                             "plain_max_ms": t_plain * 1e3, "ratio": t_case / t_plain, "target": None})
+    return results
+
+
+def measure_one_pass(repeats):
+    """Where ``one_pass_classes`` lies: each value path called directly (no ``cond``), the one-reduction
+    paths against the library-reduction ones at the same margin, around the threshold. Ratios; no targets."""
+    results = []
+    pairs = {"softmax": (losses._tied_one_pass, losses._tied_lse), "lse": (losses._one_pass, losses._unmasked)}
+    for batch, classes in ((65536, 10), (32768, 20), (26624, 24), (20480, 32)):
+        key_z, key_y = jax.random.split(jax.random.key(6))
+        z = jax.random.normal(key_z, (batch, classes), jnp.float32) * 3
+        y = jax.random.randint(key_y, (batch,), 0, classes)
+        for name, (one_pass, library) in pairs.items():
+            tau_r = 0.5 if name == "softmax" else 0.0
+
+            def value(path):
+                return jax.jit(lambda z, y: path(z, y, jnp.full(y.shape, 0.5), jnp.full(y.shape, tau_r),
+                                                 jnp.zeros(y.shape)).loss)
+
+            t_one, t_library = _interleaved(_timer(value(one_pass), z, y), _timer(value(library), z, y), repeats)
+            results.append({"case": f"{name}_one_pass_vs_library", "shape": [batch, classes], "ms": t_one * 1e3,
+                            "library_ms": t_library * 1e3, "ratio": t_one / t_library, "target": None})
     return results
 
 
@@ -173,7 +196,7 @@ def summarise(rounds):
         line = {"case": first["case"], "shape": first["shape"]}
         if "margin" in first:
             line["margin"] = first["margin"]
-        for key in ("ms", "optax_ms", "single_ms", "optax_sweep_ms", "plain_max_ms"):
+        for key in ("ms", "optax_ms", "single_ms", "optax_sweep_ms", "plain_max_ms", "library_ms"):
             if key in first:
                 line[key] = round(statistics.median(r[key] for r in per_round), 3)
         line.update(ratio=round(ratio, 3), ratio_range=[round(min(ratios), 3), round(max(ratios), 3)],

@@ -282,6 +282,12 @@ def _target_logit(z, labels):
     return jnp.take_along_axis(z, index[..., None], axis=-1, mode="fill", fill_value=np.nan)[..., 0]
 
 
+def _nan_unless(valid, x):
+    """``x`` where ``valid``, else NaN: a filled gather, as no NaN constant may trip ``jax.debug_nans``."""
+    index = jnp.where(valid, 0, 1)[..., None]
+    return jnp.take_along_axis(x[..., None], index, axis=-1, mode="fill", fill_value=np.nan)[..., 0]
+
+
 def _scaled(x, shift, tau):
     """``(x − shift)/τ`` with a per-example shift and τ broadcast over the classes."""
     return (x - shift[..., None]) / tau[..., None]
@@ -367,14 +373,13 @@ class Forward(NamedTuple):
     target_exp: jax.Array  # the target's entry of exps: its own term, or 0 where the path masked it
 
 
-def _finish(z, labels, tau_m, tau_r, margin, rival_max, shift, total, exps, target_exp):
+def _finish(target, tau_m, tau_r, margin, rival_max, shift, total, exps, target_exp):
     """The loss from a rival sum: ``u = (shift − z_y) + τm·log(total) + m`` (the rival max at τm = 0).
 
     The total is 0 only where every rival is -inf (the loss is 0), where the unmasked sum cancelled on a
     row whose loss the path's exactness rule keeps below a few τ·eps, or where ``_masked`` lost every
     rival to underflow (``_masked_is_exact`` keeps such loss below τr·e^-30).
     """
-    target = _target_logit(z, labels)
     info = jnp.finfo(total.dtype)
     # shift − z_y first: where the target holds the row max it is exactly 0, and τm·log(total) keeps its
     # bits however large the logits are. No rival mass at all: u is the most negative float, so the loss
@@ -407,7 +412,7 @@ def _unmasked(z, labels, tau_m, tau_r, margin):
     target = _target_logit(z, labels)
     target_exp = jnp.exp((target - shift) / _safe_tau(tau_m))
     total = _unmasked_total(exps, target_exp, target)
-    return _finish(z, labels, tau_m, tau_r, margin, peak, shift, total, exps, target_exp)
+    return _finish(target, tau_m, tau_r, margin, peak, shift, total, exps, target_exp)
 
 
 def _unmasked_picked(z, labels, tau_m, tau_r, margin):
@@ -418,8 +423,9 @@ def _unmasked_picked(z, labels, tau_m, tau_r, margin):
     """
     peak, shift, exps = _shifted_exps(z, tau_m)
     target_exp = _pick(exps, _safe_labels(labels, z.shape[-1]))
-    total = _unmasked_total(exps, target_exp, _target_logit(z, labels))
-    return _finish(z, labels, tau_m, tau_r, margin, peak, shift, total, exps, target_exp)
+    target = _target_logit(z, labels)
+    total = _unmasked_total(exps, target_exp, target)
+    return _finish(target, tau_m, tau_r, margin, peak, shift, total, exps, target_exp)
 
 
 def _tied_lse(z, labels, tau_m, tau_r, margin):
@@ -447,13 +453,18 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
                         jnp.all((margin <= 0) & (margin >= _RESCALE_BELOW * safe_tau))], [0, 1, 2], 3)
     branches = (_no_margin_terms, _positive_margin_terms, _negative_margin_terms, _margin_terms)
     d, inner = lax.switch(which, branches, total, target, shift, safe_tau, margin)
-    # A +inf target beats every finite rival (the formula would give inf − inf).
-    smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
-    loss = jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
+    loss = _tied_loss(tau_m, margin, peak, shift, target, d, inner)
     target_exp = jnp.exp((target - shift) / safe_tau)
-    rest = _finish(z, labels, tau_m, tau_r, margin, peak, shift, _unmasked_total(exps, target_exp, target),
+    rest = _finish(target, tau_m, tau_r, margin, peak, shift, _unmasked_total(exps, target_exp, target),
                    exps, target_exp)
     return rest._replace(loss=loss)
+
+
+def _tied_loss(tau_m, margin, peak, shift, target, d, inner):
+    """``s − z_y + τ·(d + log(inner))``, the hinge over the row max at τ = 0."""
+    # A +inf target beats every finite rival (the formula would give inf − inf).
+    smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
+    return jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
 
 
 def _no_margin_terms(total, target, shift, safe_tau, margin):
@@ -496,7 +507,7 @@ def _masked(z, labels, tau_m, tau_r, margin):
     peak, shift, exps = _shifted_exps(z, tau_m)
     exps = jnp.where(_is_target(z, labels), 0.0, exps)
     total = jnp.sum(exps, axis=-1)
-    return _finish(z, labels, tau_m, tau_r, margin, peak, shift, total, exps, jnp.zeros_like(total))
+    return _finish(_target_logit(z, labels), tau_m, tau_r, margin, peak, shift, total, exps, jnp.zeros_like(total))
 
 
 def _rival_shifted(z, labels, tau_m, tau_r, margin):
@@ -512,7 +523,63 @@ def _rival_shifted(z, labels, tau_m, tau_r, margin):
     safe_tau = _safe_tau(tau_m)
     exps = jnp.exp(_scaled(jnp.maximum(rivals, (shift + _FAR_BELOW * safe_tau)[..., None]), shift, safe_tau))
     total = jnp.sum(exps, axis=-1)
-    return _finish(z, labels, tau_m, tau_r, margin, rival_max, shift, total, exps, jnp.zeros_like(total))
+    return _finish(_target_logit(z, labels), tau_m, tau_r, margin, rival_max, shift, total, exps,
+                   jnp.zeros_like(total))
+
+
+def _one_pass_sums(z, labels, tau):
+    """Row max and shift, the masked exps, and in one variadic reduction over the classes: the rival sum
+    ``R = Σ_{i≠y} exp((z_i − shift)/τ)``, the target's term ``T = exp((z_y − shift)/τ)`` and ``z_y``.
+
+    A masked sum as ``_masked``'s (no cancellation), without its separate gather and per-example exp:
+    for few classes XLA:CPU runs a several-output row reduction as one fused loop over both cores, where
+    a lone masked sum goes through a stored [B, C] select into a library kernel (README, "Benchmarks").
+    ``z_y`` is a sum of one entry and zeros, so exact; a label outside ``[0, C)`` picks nothing: NaN.
+    """
+    peak, shift, exps = _shifted_exps(z, tau)
+    is_target = _is_target(z, labels)
+    rival_exps = jnp.where(is_target, 0.0, exps)
+    zero = jnp.zeros((), z.dtype)
+    total, target_exp, picked = lax.reduce(
+        (rival_exps, jnp.where(is_target, exps, 0.0), jnp.where(is_target, z, 0.0)), (zero, zero, zero),
+        lambda acc, x: tuple(a + b for a, b in zip(acc, x)), (z.ndim - 1,))
+    target = _nan_unless((labels >= 0) & (labels < z.shape[-1]), picked)
+    return peak, shift, rival_exps, total, target_exp, target
+
+
+def _one_pass(z, labels, tau_m, tau_r, margin):
+    """``_masked`` in one reduction over the classes (``_one_pass_sums``): few classes, value only."""
+    peak, shift, rival_exps, total, target_exp, target = _one_pass_sums(z, labels, tau_m)
+    return _finish(target, tau_m, tau_r, margin, peak, shift, total, rival_exps, jnp.zeros_like(total))
+
+
+def _tied_one_pass(z, labels, tau_m, tau_r, margin):
+    """The softmax member (τr = τm = τ) from ``_one_pass_sums``' R and T: few classes, value only.
+
+    With ``a = m/τ`` and ``b = (z_y − s)/τ`` (T = e^b)::
+
+        L = τ·log(1 + e^a·R/T) = s − z_y + τ·log(T + e^a·R)
+
+    Both terms are ≥ 0 and exact, so nothing cancels at any margin, and no per-example softplus is
+    needed. Where some m < −60·τ, a far-behind target and the margin could underflow both terms
+    together: there they are taken relative to ``d = max(a, b)``. At τ = 0 the hinge over the row max.
+    """
+    peak, shift, rival_exps, total, target_exp, target = _one_pass_sums(z, labels, tau_m)
+    safe_tau = _safe_tau(tau_m)
+
+    def plain(total, target_exp, target, a):
+        return jnp.zeros_like(total), target_exp + jnp.exp(a) * total
+
+    def rescaled(total, target_exp, target, a):
+        b = (target - shift) / safe_tau
+        d = jnp.maximum(a, b)
+        return d, jnp.exp(b - d) + jnp.exp(a - d) * total
+
+    a = margin / safe_tau
+    d, inner = lax.cond(jnp.all(a >= _RESCALE_BELOW), plain, rescaled, total, target_exp, target, a)
+    loss = _tied_loss(tau_m, margin, peak, shift, target, d, inner)
+    rest = _finish(target, tau_m, tau_r, margin, peak, shift, total, rival_exps, jnp.zeros_like(total))
+    return rest._replace(loss=loss)
 
 
 # exp of this underflows to exactly 0 in float32 and float64.
@@ -565,10 +632,12 @@ class Thresholds(NamedTuple):
     """The speed choices that depend on the backend."""
 
     few_classes: int  # up to this many classes the gradient masks the target in a dense [B, C] pass
+    one_pass_classes: int  # up to this many classes a value takes every row sum in one reduction
 
 
 # Measured on XLA:CPU (README, "Benchmarks"). GPU and TPU take the same numbers until someone measures them.
-_THRESHOLDS = {"cpu": Thresholds(few_classes=32), "default": Thresholds(few_classes=32)}
+_THRESHOLDS = {"cpu": Thresholds(few_classes=32, one_pass_classes=20),
+               "default": Thresholds(few_classes=32, one_pass_classes=20)}
 
 
 def _per_backend(fn, *args):
@@ -605,10 +674,12 @@ def _plan(tying, num_classes, differentiated, thresholds: Thresholds) -> Plan:
 
     | path | taken when | why |
     |---|---|---|
-    | ``_tied_lse`` | softmax (τr ≡ τm), value only, m ≤ τ·log 8 | one log-sum-exp, no per-example softplus |
-    | ``_unmasked`` | value only, m ≤ τm·log 8 and τr ≤ τm, unless ``_tied_lse`` | exp-sum over raw logits, exps not stored |
+    | ``_tied_one_pass`` | softmax (τr ≡ τm), value only, up to ``one_pass_classes``, where ``_masked`` is exact | one reduction, no softplus, no cancellation |
+    | ``_one_pass`` | value only, up to ``one_pass_classes``, where ``_masked`` is exact, unless ``_tied_one_pass`` | one reduction for the masked sum and the target |
+    | ``_tied_lse`` | softmax, value only, more than ``one_pass_classes``, m ≤ τ·log 8 | one log-sum-exp, no per-example softplus |
+    | ``_unmasked`` | value only, more classes, m ≤ τm·log 8 and τr ≤ τm, unless ``_tied_lse`` | exp-sum over raw logits, exps not stored |
     | ``_unmasked_picked`` | gradient, more than ``few_classes``, m ≤ τm·log 8 and τr ≤ τm | exps stored once, reused by the gradient |
-    | ``_masked`` | larger m up to ~34·τm; a gradient up to ``few_classes`` at any such m | exact there; one plain max, the mask a select after the exp |
+    | ``_masked`` | a value with more classes and larger m up to ~34·τm; a gradient up to ``few_classes`` at any such m | exact there; one plain max, the mask a select after the exp |
     | ``_rival_shifted`` | anything else (m/τm beyond that; τm = 0 with m > 0) | exact at any input |
     | ``_picked_tangent`` | gradient, more than ``few_classes`` | a mask in the [B, C] gradient pass costs more than one scatter |
     | ``_dense_tangent`` | gradient, up to ``few_classes`` | the per-example picks and the scatter cost more than the mask |
@@ -617,6 +688,9 @@ def _plan(tying, num_classes, differentiated, thresholds: Thresholds) -> Plan:
     ``_fast_is_exact`` and ``_masked_is_exact``); the class count and whether the call is differentiated
     are known when tracing.
     """
+    if not differentiated and num_classes <= thresholds.one_pass_classes:
+        one_pass = _tied_one_pass if tying == "tied" else _one_pass
+        return Plan(no_margin=one_pass, small_margin=one_pass, large_margin=one_pass, tangent=None)
     if not differentiated:
         fast = _tied_lse if tying == "tied" else _unmasked
         return Plan(no_margin=fast, small_margin=fast, large_margin=_masked, tangent=None)

@@ -486,6 +486,8 @@ def test_out_of_range_label_under_jit_gives_nan(name):
 from smoothmax import losses  # noqa: E402
 
 PATHS = {
+    "tied_one_pass": losses._tied_one_pass,
+    "one_pass": losses._one_pass,
     "tied_lse": losses._tied_lse,
     "unmasked": losses._unmasked,
     "unmasked_picked": losses._unmasked_picked,
@@ -499,7 +501,8 @@ def test_the_chooser_reaches_every_path():
     # Moving a threshold must not drop a path that the tests below exercise directly.
     reached, tangents = set(), set()
     for tying in (None, "hinge", "tied"):
-        for classes in (2, losses._THRESHOLDS["cpu"].few_classes + 1):
+        cpu = losses._THRESHOLDS["cpu"]
+        for classes in (2, cpu.one_pass_classes + 1, cpu.few_classes + 1):
             for differentiated in (False, True):
                 plan = losses._plan(tying, classes, differentiated, losses._THRESHOLDS["cpu"])
                 reached |= {plan.no_margin, plan.small_margin, plan.large_margin}
@@ -510,12 +513,15 @@ def test_the_chooser_reaches_every_path():
 
 def path_is_exact(name, ratio, m, tau):
     """Where each path is exact (tau_r = ratio·tau): its conditions in losses._plan."""
+    masked_exact = bool(losses._masked_is_exact(tau, ratio * tau, m, 100, np.float32))
+    if name.endswith("one_pass"):
+        return (ratio == 1.0 or name == "one_pass") and ((m <= 0 and ratio <= 1.0) or masked_exact)
     if name == "tied_lse":
         return ratio == 1.0 and m <= losses._MARGIN_BOUND * tau
     if name.startswith("unmasked"):
         return ratio <= 1.0 and m <= losses._MARGIN_BOUND * tau
     if name == "masked":
-        return bool(losses._masked_is_exact(tau, ratio * tau, m, 100, np.float32))
+        return masked_exact
     return True
 
 
@@ -768,7 +774,8 @@ def test_bad_axis_and_where_raise_clear_errors():
 
 def test_per_backend_thresholds_choose_at_lowering(monkeypatch):
     # With thresholds that differ by backend, lax.platform_dependent picks CPU's when lowering for CPU.
-    thresholds = {"cpu": losses.Thresholds(few_classes=4), "default": losses.Thresholds(few_classes=1000)}
+    thresholds = {"cpu": losses.Thresholds(few_classes=4, one_pass_classes=4),
+                  "default": losses.Thresholds(few_classes=1000, one_pass_classes=1000)}
     monkeypatch.setattr(losses, "_THRESHOLDS", thresholds)
     z, y = random_problem(57, 6, 10, 1.0)
 
