@@ -312,9 +312,14 @@ def _first_index(z, value, exclude=None):
     return jnp.clip(num_classes - score.astype(jnp.int32), 0, num_classes - 1)
 
 
+def _rivals(z, labels):
+    """The logits with the target's at the most negative float (not -inf, for ``jax.debug_infs``)."""
+    return jnp.where(_is_target(z, labels), jnp.finfo(z.dtype).min, z)
+
+
 def _rival_max(z, labels):
-    """``max_{i≠y} z_i`` through the target mask (the most negative float: no -inf for debug_infs)."""
-    return jnp.max(jnp.where(_is_target(z, labels), jnp.finfo(z.dtype).min, z), axis=-1)
+    """``max_{i≠y} z_i`` through the target mask."""
+    return jnp.max(_rivals(z, labels), axis=-1)
 
 
 @jax.custom_batching.custom_vmap
@@ -517,7 +522,7 @@ def _rival_shifted(z, labels, tau_m, tau_r, margin):
     lifted to ``shift − 10⁴·τm`` before the scaling: its exp is still exactly 0, and its scaled value and
     derivatives stay finite however far the target leads (an inf there would become NaN in derivatives).
     """
-    rivals = jnp.where(_is_target(z, labels), jnp.finfo(z.dtype).min, z)
+    rivals = _rivals(z, labels)
     rival_max = jnp.max(rivals, axis=-1)
     shift = jnp.where(jnp.isfinite(rival_max), rival_max, 0.0)
     safe_tau = _safe_tau(tau_m)
@@ -806,16 +811,14 @@ _family_core.defjvp(_family_jvp, symbolic_zeros=True)
 def _hard_forward(z, labels, margin):
     """The hinge and its rival max.
 
-    The rival max equals the plain max over all classes whenever the target does not attain it; when it
-    does and m ≤ 0 the loss is 0 whatever the rival max. Only a target at the top with m > 0 needs the
-    masked reduction (a ``cond`` on a scalar takes the whole batch through it).
+    With m ≤ 0 the plain max over all classes serves: it is the rival max unless the target attains it,
+    and then the loss is 0 whatever the rival max. Any m > 0 takes the whole batch (a ``cond`` on a scalar
+    of the margins alone, so no plain max is taken first) through the masked reduction.
     """
-    target = _target_logit(z, labels)
-    peak = jnp.max(z, axis=-1)
-    needs_rival_max = jnp.any((target >= peak) & (margin > 0))
-    rival_max = lax.cond(needs_rival_max, _rival_max, lambda z, labels: peak, z, labels)
-    u = rival_max - target + margin
-    return jnp.maximum(u, 0.0), u, needs_rival_max, rival_max
+    masked = jnp.any(margin > 0)
+    rival_max = lax.cond(masked, _rival_max, lambda z, labels: jnp.max(z, axis=-1), z, labels)
+    u = rival_max - _target_logit(z, labels) + margin
+    return jnp.maximum(u, 0.0), u, masked, rival_max
 
 
 @jax.custom_jvp
@@ -826,14 +829,14 @@ def _hard_core(z, labels, margin):
 def _hard_jvp(primals, tangents):
     z, labels, margin = primals
     dz, _, dmargin = map(_nonzero, tangents)
-    loss, u, needs_rival_max, rival_max = _hard_forward(z, labels, margin)
+    loss, u, masked, rival_max = _hard_forward(z, labels, margin)
     active = _dloss_du(u, jnp.zeros_like(u))
     dloss = jnp.zeros_like(loss)
     if dz is not None:
-        # On active examples of the fast path the target is below the peak, so the first entry at the
-        # peak is a rival: no mask needed.
-        rival = lax.cond(needs_rival_max, _first_index, lambda z, value, labels: _first_index(z, value),
-                         z, rival_max, labels)
+        # On active examples of the plain path the target is below the peak, so the first entry at the
+        # peak is a rival; the masked path searches the masked logits its rival max came from.
+        rival = lax.cond(masked, lambda z, labels: _first_index(_rivals(z, labels), rival_max),
+                         lambda z, labels: _first_index(z, rival_max), z, labels)
         # Exactly one +1 (strongest rival) and one −1 (target) per active example, written densely as
         # selects: the transpose is one elementwise pass writing the gradient (README, "Benchmarks").
         classes = _classes(z)
