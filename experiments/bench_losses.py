@@ -166,8 +166,8 @@ def measure_reductions(repeats):
 
 
 def measure_one_pass(repeats):
-    """Where ``one_pass_classes`` lies: each value path called directly (no ``cond``), the one-reduction
-    paths against the library-reduction ones at the same margin, around the threshold. Ratios; no targets."""
+    """Where ``one_pass_classes`` lies: each value path called directly (no ``cond``) at m = 0, the
+    one-reduction paths against the library-reduction ones, around the threshold. Ratios; no targets."""
     results = []
     pairs = {"softmax": (losses._tied_one_pass, losses._tied_lse), "lse": (losses._one_pass, losses._unmasked)}
     for batch, classes in ((65536, 10), (32768, 20), (26624, 24), (20480, 32)):

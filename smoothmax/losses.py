@@ -282,12 +282,6 @@ def _target_logit(z, labels):
     return jnp.take_along_axis(z, index[..., None], axis=-1, mode="fill", fill_value=np.nan)[..., 0]
 
 
-def _nan_unless(valid, x):
-    """``x`` where ``valid``, else NaN: a filled gather, as no NaN constant may trip ``jax.debug_nans``."""
-    index = jnp.where(valid, 0, 1)[..., None]
-    return jnp.take_along_axis(x[..., None], index, axis=-1, mode="fill", fill_value=np.nan)[..., 0]
-
-
 def _scaled(x, shift, tau):
     """``(x − shift)/τ`` with a per-example shift and τ broadcast over the classes."""
     return (x - shift[..., None]) / tau[..., None]
@@ -297,8 +291,8 @@ def _safe_tau(tau):
     return jnp.where(tau > 0, tau, 1.0)
 
 
-def _first_index(z, value, exclude=None):
-    """Index of the first entry of each row equal to ``value`` (skipping the class ``exclude``).
+def _first_index(z, value):
+    """Index of the first entry of each row equal to ``value``.
 
     Written as a float max-reduction over ``[z_i = value]·(C − i)``: XLA:CPU vectorises it, where an
     integer arg-max (a variadic reduction) runs several times slower.
@@ -306,8 +300,6 @@ def _first_index(z, value, exclude=None):
     num_classes = z.shape[-1]
     classes = _classes(z)
     hit = z == value[..., None]
-    if exclude is not None:
-        hit = hit & (classes != exclude[..., None])
     score = jnp.max(hit.astype(z.dtype) * (num_classes - classes).astype(z.dtype), axis=-1)
     return jnp.clip(num_classes - score.astype(jnp.int32), 0, num_classes - 1)
 
@@ -338,7 +330,8 @@ def _no_index(z, labels):
 
 
 def _first_rival(z, labels):
-    return _first_index(z, _rival_max(z, labels), exclude=labels)
+    rivals = _rivals(z, labels)
+    return _first_index(rivals, jnp.max(rivals, axis=-1))
 
 
 @_first_rival_index.def_vmap
@@ -548,13 +541,15 @@ def _one_pass_sums(z, labels, tau):
     total, target_exp, picked = lax.reduce(
         (rival_exps, jnp.where(is_target, exps, 0.0), jnp.where(is_target, z, 0.0)), (zero, zero, zero),
         lambda acc, x: tuple(a + b for a, b in zip(acc, x)), (z.ndim - 1,))
-    target = _nan_unless((labels >= 0) & (labels < z.shape[-1]), picked)
+    # NaN for a label outside [0, C) through _target_logit's filled gather (no NaN constant).
+    valid = (labels >= 0) & (labels < z.shape[-1])
+    target = _target_logit(picked[..., None], jnp.where(valid, 0, -1))
     return peak, shift, rival_exps, total, target_exp, target
 
 
 def _one_pass(z, labels, tau_m, tau_r, margin):
     """``_masked`` in one reduction over the classes (``_one_pass_sums``): few classes, value only."""
-    peak, shift, rival_exps, total, target_exp, target = _one_pass_sums(z, labels, tau_m)
+    peak, shift, rival_exps, total, _, target = _one_pass_sums(z, labels, tau_m)
     return _finish(target, tau_m, tau_r, margin, peak, shift, total, rival_exps, jnp.zeros_like(total))
 
 
@@ -571,17 +566,17 @@ def _tied_one_pass(z, labels, tau_m, tau_r, margin):
     """
     peak, shift, rival_exps, total, target_exp, target = _one_pass_sums(z, labels, tau_m)
     safe_tau = _safe_tau(tau_m)
+    a = margin / safe_tau
 
-    def plain(total, target_exp, target, a):
+    def plain():
         return jnp.zeros_like(total), target_exp + jnp.exp(a) * total
 
-    def rescaled(total, target_exp, target, a):
+    def rescaled():
         b = (target - shift) / safe_tau
         d = jnp.maximum(a, b)
         return d, jnp.exp(b - d) + jnp.exp(a - d) * total
 
-    a = margin / safe_tau
-    d, inner = lax.cond(jnp.all(a >= _RESCALE_BELOW), plain, rescaled, total, target_exp, target, a)
+    d, inner = lax.cond(jnp.all(a >= _RESCALE_BELOW), plain, rescaled)
     loss = _tied_loss(tau_m, margin, peak, shift, target, d, inner)
     rest = _finish(target, tau_m, tau_r, margin, peak, shift, total, rival_exps, jnp.zeros_like(total))
     return rest._replace(loss=loss)
