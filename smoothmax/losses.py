@@ -238,10 +238,20 @@ def smooth_relu(u, temperature=1.0) -> jax.Array:
     return _smooth_relu(u, jnp.asarray(temperature, u.dtype))
 
 
+# exp of this underflows to exactly 0 in float32 and float64.
+_FAR_BELOW = -1e4
+
+
+def _over_tau(u, tau):
+    """``u/τ`` (``u`` at τ = 0), floored at ``_FAR_BELOW``, where softplus, sigmoid and their τ-derivative are
+    exactly 0: u may be the most negative float (no rival mass), whose quotient would overflow to -inf
+    (which eager ``jax.debug_infs`` flags)."""
+    safe_tau = _safe_tau(tau)
+    return jnp.maximum(u, _FAR_BELOW * safe_tau) / safe_tau
+
+
 def _smooth_relu(u, tau):
-    smooth = tau > 0
-    safe_tau = jnp.where(smooth, tau, 1.0)
-    return jnp.where(smooth, safe_tau * jax.nn.softplus(u / safe_tau), jnp.maximum(u, 0.0))
+    return jnp.where(tau > 0, _safe_tau(tau) * jax.nn.softplus(_over_tau(u, tau)), jnp.maximum(u, 0.0))
 
 
 def _dloss_du(u, tau):
@@ -250,7 +260,7 @@ def _dloss_du(u, tau):
     The NaN is selected from u itself: a NaN constant would trip ``jax.debug_nans`` on valid input.
     """
     smooth = tau > 0
-    slope = jnp.where(smooth, jax.nn.sigmoid(u / jnp.where(smooth, tau, 1.0)), (u > 0).astype(u.dtype))
+    slope = jnp.where(smooth, jax.nn.sigmoid(_over_tau(u, tau)), (u > 0).astype(u.dtype))
     return jnp.where(jnp.isnan(u), u, slope)
 
 
@@ -302,6 +312,11 @@ def _first_index(z, value):
     hit = z == value[..., None]
     score = jnp.max(hit.astype(z.dtype) * (num_classes - classes).astype(z.dtype), axis=-1)
     return jnp.clip(num_classes - score.astype(jnp.int32), 0, num_classes - 1)
+
+
+def _is_pos_inf(x):
+    """``x == +inf`` without an inf constant, which eager ``jax.debug_infs`` would flag."""
+    return x > jnp.finfo(x.dtype).max
 
 
 def _rivals(z, labels):
@@ -397,7 +412,7 @@ def _shifted_exps(z, tau):
 
 def _unmasked_total(exps, target_exp, target):
     """Σ_{i≠y} as the sum over all classes minus the target's term (a +inf target: nothing beats it)."""
-    return jnp.where(jnp.isposinf(target), 0.0, jnp.maximum(jnp.sum(exps, axis=-1) - target_exp, 0.0))
+    return jnp.where(_is_pos_inf(target), 0.0, jnp.maximum(jnp.sum(exps, axis=-1) - target_exp, 0.0))
 
 
 def _unmasked(z, labels, tau_m, tau_r, margin):
@@ -461,7 +476,7 @@ def _tied_lse(z, labels, tau_m, tau_r, margin):
 def _tied_loss(tau_m, margin, peak, shift, target, d, inner):
     """``s − z_y + τ·(d + log(inner))``, the hinge over the row max at τ = 0."""
     # A +inf target beats every finite rival (the formula would give inf − inf).
-    smooth_loss = jnp.where(jnp.isposinf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
+    smooth_loss = jnp.where(_is_pos_inf(target), 0.0, (shift - target) + tau_m * (d + jnp.log(inner)))
     return jnp.where(tau_m > 0, smooth_loss, jnp.maximum(peak - target + margin, 0.0))
 
 
@@ -581,9 +596,6 @@ def _tied_one_pass(z, labels, tau_m, tau_r, margin):
     rest = _finish(target, tau_m, tau_r, margin, peak, shift, total, rival_exps, jnp.zeros_like(total))
     return rest._replace(loss=loss)
 
-
-# exp of this underflows to exactly 0 in float32 and float64.
-_FAR_BELOW = -1e4
 
 # The unmasked paths subtract the target's term from the full sum. That loses the rival sum R's low bits
 # on rows where the target dominates; such rows matter only if m/τm is large (see ``_fast_is_exact``).
@@ -779,8 +791,7 @@ def _family_tangent(thresholds, z, labels, tau_m, tau_r, margin, dz, dtau_m, dta
         dloss = dloss + dloss_du * entropy * dtau_m
     if dtau_r is not None:
         # d/dτ [τ·softplus(u/τ)] = softplus(u/τ) − (u/τ)·sigmoid(u/τ); 0 at τ = 0.
-        # Clamped far below, where the term is 0: u may be the most negative float (no rival mass).
-        x = jnp.maximum(f.u / _safe_tau(tau_r), _FAR_BELOW)
+        x = _over_tau(f.u, tau_r)
         dloss = dloss + jnp.where(tau_r > 0, jax.nn.softplus(x) - x * jax.nn.sigmoid(x), 0.0) * dtau_r
     return f.loss, dloss
 

@@ -610,7 +610,7 @@ def test_softmax_value_on_each_margin_branch_matches_float64(margins):
     assert np.all(np.asarray(got) >= 0)
 
 
-REGIMES = [(7, -0.2), (7, 0.3), (40, -0.2), (40, 0.3), (40, 2.0)]
+REGIMES = [(7, -0.2), (7, 0.0), (7, 0.3), (40, -0.2), (40, 0.0), (40, 0.3), (40, 2.0)]
 
 
 def member_call(name):
@@ -619,7 +619,7 @@ def member_call(name):
     return lambda z, y, t, m: sm.objective(name)(z, y, temperature=t, margin=m)
 
 
-@pytest.mark.parametrize("flag", ["debug_nans", "debug_nans_without_jit", "debug_infs"])
+@pytest.mark.parametrize("flag", ["debug_nans", "debug_nans_without_jit", "debug_infs", "debug_infs_without_jit"])
 @pytest.mark.parametrize("classes, margin", REGIMES)
 def test_valid_input_passes_under_debug_flags(flag, classes, margin):
     z, y = random_problem(51, 6, classes, 3.0)
@@ -628,7 +628,7 @@ def test_valid_input_passes_under_debug_flags(flag, classes, margin):
     for name in ("hard", "lse", "softmax", "family"):
         loss = member_call(name)
         with config(True), jax.disable_jit(flag.endswith("without_jit")):
-            for t in (0.0, 0.05, 0.7):
+            for t in (0.0, 0.05, 0.5, 1.0):
                 values = loss(z, y, t, margin)
                 grads = jax.grad(lambda z, t, m: loss(z, y, t, m).sum(), argnums=(0, 1, 2))(jnp.asarray(z), t, margin)
                 assert np.all(np.isfinite(values)) and all(np.all(np.isfinite(g)) for g in grads)
