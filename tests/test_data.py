@@ -403,6 +403,46 @@ def test_pickles_under_numpy_2_module_name_load(tmp_path, rng):
     np.testing.assert_array_equal(ds.train_images, train[0])
 
 
+def test_python3_protocol_2_pickles_load_with_their_pixels(tmp_path, rng):
+    """Issue #22: a batch re-saved by Python 3 with protocol 2 names ``_codecs.encode`` for every bytes object."""
+    folder, train, test = write_official(tmp_path, False, rng)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"):
+        plain = pickle.dumps(pickle.loads((folder / name).read_bytes(), encoding="bytes"), protocol=2)
+        assert b"c_codecs\nencode\n" in plain
+        (folder / name).write_bytes(plain)
+    ds = data.load_cifar10(folder, cache_dir=tmp_path / "cache")
+    np.testing.assert_array_equal(ds.train_images, train[0])
+    np.testing.assert_array_equal(ds.train_labels, train[1])
+    np.testing.assert_array_equal(ds.test_images, test[0])
+
+
+class Encodes:
+    """A pickle payload: ``_codecs.encode(*args)`` at load time."""
+
+    def __init__(self, *args):
+        self.args = args
+
+    def __reduce__(self):
+        import _codecs
+        return (_codecs.encode, self.args)
+
+
+@pytest.mark.parametrize("args, match", [
+    (("x" * 10, "zlib"), r"refused _codecs.encode\(str, 'zlib'\)"),
+    ((b"x" * 10, "base64"), r"refused _codecs.encode\(bytes, 'base64'\)"),
+    (("x",), "missing"),
+])
+def test_codecs_reaches_only_latin1_text(tmp_path, rng, args, match):
+    folder, _, _ = write_official(tmp_path, False, rng)
+    batch = {b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"extra": Encodes(*args)}
+    (folder / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    expect_error(tmp_path, folder, f"test_batch: .*{match}")
+    for name in ("decode", "lookup", "register"):
+        with pytest.raises(pickle.UnpicklingError, match=f"refused global _codecs.{name}"):
+            data._BatchUnpickler(io.BytesIO(b"c_codecs\n" + name.encode() + b"\n."), encoding="bytes").load()
+
+
 @pytest.mark.parametrize("batch, match", [
     ({b"data": [[0] * 3072], b"labels": [0]}, "data is not a uint8 array"),
     ({b"data": np.zeros((1, 3072), np.uint8), b"labels": [b"cat"]}, "labels are not 1 integers"),
