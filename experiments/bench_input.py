@@ -21,6 +21,7 @@ import numpy as np
 from smoothmax import data as data_lib
 from smoothmax import train
 from smoothmax.config import load_config
+from smoothmax.provenance import machine
 
 
 def main():
@@ -42,7 +43,8 @@ def main():
                 cached.append(time.perf_counter() - start)
         print(json.dumps({"case": "load", "path": args.path, "first_s": round(first, 3),
                           "cached_s": round(float(np.median(cached)), 3),
-                          "speedup": round(first / float(np.median(cached)), 1), "target": 20}), flush=True)
+                          "speedup": round(first / float(np.median(cached)), 1), "target": 20,
+                          "machine": machine()}), flush=True)
     else:
         ds = data_lib.synthetic(num_train=10_000)
 
@@ -74,7 +76,7 @@ def main():
     flips = data_lib.epoch_flips(args.batch, 0, 0)
     images, labels, flips = data_lib.shard_batch(mesh, ds.train_images[: args.batch], ds.train_labels[: args.batch],
                                                  flips)
-    args_ = (images, labels, flips, jax.random.key(0), np.float32(1.0), np.float32(0.0),
+    args_ = (images, labels, flips, jax.random.key(0), 0, np.float32(1.0), np.float32(0.0),
              np.float32(cfg.optimizer.learning_rate))
     state = program.train_step(*state, *args_)
     jax.block_until_ready(state)
@@ -88,7 +90,7 @@ def main():
     print(json.dumps({"case": "pipeline_vs_train_step", "batch": args.batch,
                       "pipeline_batches_per_s": round(pipeline_rate, 2),
                       "train_steps_per_s": round(train_rate, 2), "ratio": round(ratio, 1), "target": 10,
-                      "ok": ratio >= 10}), flush=True)
+                      "ok": ratio >= 10, "machine": machine()}), flush=True)
 
 
 if __name__ == "__main__":

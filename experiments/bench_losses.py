@@ -43,6 +43,7 @@ import optax
 
 import smoothmax
 from smoothmax import losses  # the paths, called directly where a case explains a choice
+from smoothmax.provenance import machine
 
 SHAPES = [(8192, 1000), (65536, 10)]
 TARGETS = {("softmax", "forward"): 1.10, ("softmax", "gradient"): 1.10,
@@ -229,8 +230,9 @@ def main():
         rounds.append([json.loads(line) for line in out.splitlines() if line.startswith("{")])
         print(f"round {index + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     malloc = "system" if args.system_malloc else "stable"
+    where = machine()  # after the rounds: alone on the machine, as they were
     for line in summarise(rounds):
-        print(json.dumps({**line, "malloc": malloc}), flush=True)
+        print(json.dumps({**line, "malloc": malloc, "machine": where}), flush=True)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoothmax.provenance import machine
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_COPY = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tgz"
 
@@ -82,9 +84,10 @@ def main():
                            f"{args.config}:{args.variants[0]}"], env=env, cwd=ROOT, capture_output=True, text=True)
     if warm.returncode != 0:
         raise SystemExit(f"loading the dataset failed:\n{warm.stderr[-3000:]}")
+    where = machine()
     for variant in args.variants:
         for seed in args.seeds:
-            line = json.dumps(run_once(f"{args.config}:{variant}", seed, overrides, env))
+            line = json.dumps({**run_once(f"{args.config}:{variant}", seed, overrides, env), "machine": where})
             print(line, flush=True)
             if args.append:
                 with args.append.open("a") as f:

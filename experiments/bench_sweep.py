@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from smoothmax.provenance import machine
+
 TEMPERATURES = [0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0]
 
 RECIPE = '''
@@ -75,7 +77,7 @@ def main():
     print(json.dumps({
         "case": "sweep8_vs_8_processes", "sweep_seconds": round(sweep_seconds, 1),
         "separate_seconds": round(separate_seconds, 1), "ratio": round(ratio, 3), "target": 0.7, "ok": ratio <= 0.7,
-        "max_test_accuracy_diff": acc_diff, "max_test_loss_diff": loss_diff,
+        "max_test_accuracy_diff": acc_diff, "max_test_loss_diff": loss_diff, "machine": machine(),
     }), flush=True)
 
 

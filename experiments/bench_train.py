@@ -20,6 +20,7 @@ import numpy as np
 from smoothmax import data as data_lib
 from smoothmax import train
 from smoothmax.config import load_config
+from smoothmax.provenance import machine
 
 
 def main():
@@ -59,12 +60,12 @@ def main():
     t, m, lr = np.float32(cfg.loss.temperature), np.float32(cfg.loss.margin), np.float32(cfg.optimizer.learning_rate)
     state = (state, metrics)
     for _ in range(3):
-        state = program.train_step(*state, images, labels, flips, key, t, m, lr)
+        state = program.train_step(*state, images, labels, flips, key, 0, t, m, lr)
     jax.block_until_ready(state)
     steps = 60
     start = time.perf_counter()
     for _ in range(steps):
-        state = program.train_step(*state, images, labels, flips, key, t, m, lr)
+        state = program.train_step(*state, images, labels, flips, key, 0, t, m, lr)
     jax.block_until_ready(state)
     bare = steps * batch / (time.perf_counter() - start)
     ratio = summary["images_per_second"] / bare
@@ -73,6 +74,7 @@ def main():
         "trainer_images_per_second": round(summary["images_per_second"], 1),
         "bare_step_images_per_second": round(bare, 1), "ratio": round(ratio, 3), "target": 0.95,
         "ok": ratio >= 0.95, "train_step_compilations": compilations, "devices": jax.device_count(),
+        "machine": machine(),
     }), flush=True)
 
 

@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_flip = False  # test metrics on logits averaged over the image and its mirror
     c.data.eval_translate = 0  # test metrics also average the views shifted by ±this many pixels
     c.data.eval_train = False  # at the end, also evaluate the clean training set (no augmentation)
+    # At the end, also report test accuracy with test-time augmentation (the image and its mirror, each also
+    # shifted by ±2 pixels) as test_tta_accuracy, beside the metrics of the views above.
+    c.data.test_tta = False
     # Training images held out for validation (stratified, the same for every run; 0 = none). With a
     # validation split, evaluations during training read it, and the test set is read once, at the end.
     c.data.validation = 0
@@ -269,6 +272,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.eval_flip", *_BOOL),
         ("data.eval_translate", *_int_at_least(0)),
         ("data.eval_train", *_BOOL),
+        ("data.test_tta", *_BOOL),
         ("data.train_subset", *_int_at_least(0)),
         ("data.validation", *_int_at_least(0)),
         ("data.num_train", *_int_at_least(1)),

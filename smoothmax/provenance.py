@@ -6,6 +6,7 @@ import functools
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -28,6 +29,52 @@ def _version(package: str) -> str | None:
         return None
 
 
+# The instruction sets that decide XLA:CPU's speed (see docs/benchmarks.md: two EPYC kinds differ 3× on convs).
+CPU_FLAGS = ("avx512f", "avx512_bf16", "avx2", "fma")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu() -> dict:
+    """The CPU's model name, core count and which of :data:`CPU_FLAGS` it has (from /proc/cpuinfo on Linux)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(), "flags": [f for f in CPU_FLAGS if f in flags]}
+
+
+@functools.lru_cache(maxsize=1)
+def sgemm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """GFLOP/s of a jitted n×n float32 matmul on the default device, best of ``repeats``: the yardstick that
+    makes times from different machines comparable (every benchmark line records it)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    matmul(a, a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return round(2 * n**3 / best / 1e9, 1)
+
+
+def machine() -> dict:
+    """What a benchmark line records of its machine: the CPU (:func:`cpu`), the device and sgemm GFLOP/s."""
+    import jax
+
+    return {"cpu": cpu(), "device_kind": jax.devices()[0].device_kind, "sgemm_gflops": sgemm_gflops()}
+
+
 @functools.lru_cache(maxsize=1)
 def _static() -> dict:
     commit = _git("rev-parse", "HEAD")
@@ -38,6 +85,7 @@ def _static() -> dict:
         "versions": {p: _version(p) for p in PACKAGES},
         "python": platform.python_version(),
         "host": platform.node(),
+        "cpu": cpu(),
     }
 
 

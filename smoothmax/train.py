@@ -180,12 +180,14 @@ def forward(spec: StepSpec, params, rest, images, training: bool):
     return logits, new_rest
 
 
-def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips, key, temperature, margin,
+def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips, key, step, temperature, margin,
                learning_rate):
     """One SGD step of one member; ``metrics`` accumulates loss, correct and count on device. ``flips``
-    (decided on the host, :func:`smoothmax.data.epoch_flips`) and ``key`` (crops) augment the batch."""
+    (decided on the host, :func:`smoothmax.data.epoch_flips`) and the crops (from ``key`` folded with the
+    global ``step``, on device: an eager ``fold_in`` would be one more dispatch per step on the host)
+    augment the batch."""
     if spec.augment:
-        images = data_lib.augment(key, images.astype(jnp.float32), flips, spec.crop_pad)
+        images = data_lib.augment(jax.random.fold_in(key, step), images.astype(jnp.float32), flips, spec.crop_pad)
 
     def objective_of(params):
         logits, new_rest = forward(spec, params["model"], state.rest, images, training=True)
@@ -291,7 +293,7 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states
-        train = jax.vmap(train, in_axes=(0, 0, None, None, None, None, 0, 0, 0))
+        train = jax.vmap(train, in_axes=(0, 0, None, None, None, None, None, 0, 0, 0))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None, 0, 0))
     mesh = data_lib.data_mesh()
     program = Program(spec, mesh, members, None, None, _splits_members(members))
@@ -473,6 +475,14 @@ def _claimed(workdirs, forms, *, restart):
         yield
 
 
+def step_guard():
+    """The context of each step's host work and dispatch. A step that reads the device stalls a fast
+    accelerator until it has finished, so the loop reads it only at logging, evaluation and checkpoint
+    points, between the steps; the tests replace this with a guard that refuses every device-to-host
+    transfer (``jax.transfer_guard_device_to_host``) to hold that."""
+    return contextlib.nullcontext()
+
+
 def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, dataset) -> list[dict]:
     """The loop: train the members from their last checkpoint to the end, evaluate, write their files.
 
@@ -543,11 +553,13 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
         for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
                                                            cfg.data.seed, epoch)):
             step = epoch * steps_per_epoch + i
-            temperature, margin, learning_rate = member_values(step / max(1, total_steps - 1))
-            local = data_lib.host_indices(idx)
-            images, labels, flip = program.put_batch(ds.train_images[local], ds.train_labels[local], flips[local])
-            state, metrics = program.train_step(state, metrics, images, labels, flip, jax.random.fold_in(key, step),
-                                                temperature, margin, learning_rate)
+            with step_guard():
+                temperature, margin, learning_rate = member_values(step / max(1, total_steps - 1))
+                local = data_lib.host_indices(idx)
+                images, labels, flip = program.put_batch(ds.train_images[local], ds.train_labels[local],
+                                                         flips[local])
+                state, metrics = program.train_step(state, metrics, images, labels, flip, key, step, temperature,
+                                                    margin, learning_rate)
             if phases["first_step_seconds"] is None:  # compilation, mostly: one host sync per process
                 first = time.time()
                 jax.block_until_ready(metrics)
@@ -592,14 +604,30 @@ def _evaluation_rows(program, state, cfg, ds, validation, final: bool, temperatu
     if final and cfg.data.eval_train:
         splits["clean_train"] = (ds.train_images, ds.train_labels)
     results = {name: evaluate(program, state, *arrays, cfg, temperature, margin) for name, arrays in splits.items()}
+    tta = _tta_accuracy(program, state, cfg, ds, temperature, margin) if final and cfg.data.test_tta else None
     rows = []
     for k in range(program.members or 1):
         row = {f"{name}_{metric}": value for name, members in results.items() for metric, value in members[k][0].items()}
+        if tta is not None:
+            row["test_tta_accuracy"] = tta[k]
         if "val" in results and "test" in results:
             row.update(metrics_lib.calibration(results["val"][k][1], validation[1], results["test"][k][1],
                                                ds.test_labels))
         rows.append(row)
     return rows
+
+
+TTA_DATA = {"eval_flip": True, "eval_translate": 2}  # data.test_tta's views: 6 of them
+
+
+def _tta_accuracy(program, state, cfg, ds, temperature, margin) -> list[float]:
+    """Each member's test accuracy on logits averaged over :data:`TTA_DATA`'s views (a second eval step)."""
+    tta_cfg = cfg.copy_and_resolve_references()
+    with tta_cfg.unlocked():
+        tta_cfg.data.update(TTA_DATA)
+    tta = get_program(tta_cfg, ds, program.members)
+    return [metrics["accuracy"] for metrics, _ in
+            evaluate(tta, state, ds.test_images, ds.test_labels, tta_cfg, temperature, margin)]
 
 
 def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds, steps_per_epoch,
@@ -624,6 +652,7 @@ def _write_summaries(cfgs, workdirs, histories, ds, program, wall, epoch_seconds
             "epochs": c.epochs,
             "seed": c.seed,
             "test_accuracy": final["test_accuracy"],
+            "test_tta_accuracy": final.get("test_tta_accuracy"),  # None without data.test_tta
             "test_loss": final["test_loss"],
             "test_ce": final["test_ce"],
             "val_accuracy": final.get("val_accuracy"),  # None without a validation split

@@ -1,11 +1,13 @@
 """The trainer on tiny models and the synthetic set: objectives, heads, resume, determinism, devices."""
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -322,6 +324,54 @@ def test_two_local_processes_train_like_one(tmp_path, tiny_data):
     assert [h.returncode for h in hosts] == [1, 1]
     assert "optimizer.learning_rate: 0.05 -> 0.02" in outputs[0][1]
     assert "host 0 refused workdir" in outputs[1][1]
+
+
+@contextlib.contextmanager
+def no_device_reads():
+    """Every device-to-host transfer refused: jax's guard (enforced on GPU and TPU), and on CPU, where the
+    guard lets host-resident arrays through, the array's host value itself (``device_get``, ``float``,
+    ``bool``, printing)."""
+    from jax._src import array
+
+    def refuse(*_, **__):
+        raise AssertionError("a device-to-host transfer inside the step loop")
+
+    saved = array.ArrayImpl._value, array.ArrayImpl.__array__
+    array.ArrayImpl._value, array.ArrayImpl.__array__ = property(refuse), refuse
+    try:
+        with jax.transfer_guard_device_to_host("disallow_explicit"):
+            yield
+    finally:
+        array.ArrayImpl._value, array.ArrayImpl.__array__ = saved
+
+
+@pytest.mark.parametrize("members", [None, 2])
+def test_steps_never_read_the_device_between_logging_points(tmp_path, tiny_data, monkeypatch, members):
+    """Issue #24: the host's work per step and the step's dispatch transfer nothing back."""
+    with no_device_reads(), pytest.raises(AssertionError, match="device-to-host"):
+        jax.device_get(jax.numpy.ones(2) + 1)  # the guard itself bites
+    monkeypatch.setattr(train, "step_guard", no_device_reads)
+    c = tiny_config(name="softmax")
+    c.evals_per_epoch, c.log_every_steps = 2, 3
+    if members is None:
+        train.train_and_evaluate(c, tmp_path, progress=True, dataset=tiny_data)
+    else:
+        cfgs = [c.copy_and_resolve_references() for _ in range(members)]
+        for k, member in enumerate(cfgs):
+            member.loss.temperature = 0.5 + k
+        train.train_population(cfgs, [tmp_path / f"m{k}" for k in range(members)], tmp_path / "pop",
+                               progress=True, dataset=tiny_data)
+
+
+def test_tta_column_is_the_test_accuracy_with_those_views(tmp_path, tiny_data):
+    """data.test_tta adds the 6-view test accuracy beside the metrics of the model's own logits."""
+    c = tiny_config(name="softmax")
+    c.data.test_tta = True
+    plain = train.train_and_evaluate(c, tmp_path / "plain", progress=False, dataset=tiny_data)
+    c.data.test_tta, c.data.eval_flip, c.data.eval_translate = False, True, 2
+    views = train.train_and_evaluate(c, tmp_path / "views", progress=False, dataset=tiny_data)
+    assert plain["test_tta_accuracy"] == views["test_accuracy"] != plain["test_accuracy"]
+    assert views["test_tta_accuracy"] is None and "test_tta_accuracy" in read_metrics(tmp_path / "plain")[-1]
 
 
 def test_validation_split_chooses_and_the_test_set_is_read_once(tmp_path, tiny_data):
