@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+import smoothmax
 from smoothmax.config import ConfigError, load_config, validate_config
 
 
@@ -46,6 +47,7 @@ def main(argv=None) -> int:
         print(f"smoothmax: error: {err}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog="smoothmax", description="Train and compare smooth-max objectives.")
+    parser.add_argument("--version", action="version", version=f"smoothmax {smoothmax.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one config into a workdir")
     train.add_argument("--config", required=True, help="path/to/config.py[:variant]")
