@@ -11,16 +11,16 @@ TEMPERATURES = (0.1, 0.3, 1.0)
 
 def get_config(arg: str = ""):
     c = base_config()
-    c.epochs = 4
+    c.epochs = 3
     c.eval_every_epochs = 1
     c.data.name = "synthetic"
-    c.data.num_train = 5_000
+    c.data.num_train = 4_000
     c.data.num_test = 2_000
     c.data.difficulty = 0.5
     c.data.batch_size = 128
     c.model.widths = (16, 32, 64)
     c.optimizer.learning_rate = 0.1
-    c.checkpoint.every_epochs = 2
+    c.checkpoint.every_epochs = 3
     return c
 
 
