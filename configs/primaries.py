@@ -40,6 +40,7 @@ import os
 from pathlib import Path
 
 from smoothmax.config import ConfigError, load_config
+from smoothmax.sweep import beyond_edge
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARNING_RATES = (0.016, 0.05, 0.16)  # around the recipe's 0.05, ×√10 apart
@@ -111,18 +112,6 @@ def rows(choices: dict) -> dict:
     return out
 
 
-def beyond_edge(tried: dict, series=RATE_SERIES) -> list[float]:
-    """The rates to try next for a row whose candidates ``{rate: validation accuracy}`` have finished: the
-    neighbour in ``series`` beyond the best, where the best is the highest or the lowest rate tried."""
-    best = max(sorted(tried), key=lambda lr: tried[lr])
-    out = []
-    for edge, step in ((max(tried), 1), (min(tried), -1)):
-        i = series.index(edge) + step
-        if best == edge and 0 <= i < len(series):
-            out.append(series[i])
-    return out
-
-
 def seeded(points, seeds) -> list[dict]:
     return [{**p, "seed": s, "data.seed": s} for p in points for s in seeds]
 
@@ -141,7 +130,7 @@ def get_sweep(arg: str = "tune"):
     if stage == "extend":
         tried = {name: {float(lr): a for lr, a in c.items()} for name, c in choices.get("validation", {}).items()}
         return seeded([{**known[name], "optimizer.learning_rate": lr} for name, c in tried.items()
-                       for lr in beyond_edge(c) if lr not in c], (TUNING_SEED,))
+                       for lr in beyond_edge(c, RATE_SERIES) if lr not in c], (TUNING_SEED,))
     if stage == "evaluate":
         missing = [name for name in ROWS if name not in choices.get("learning_rate", {})]
         if missing:

@@ -37,6 +37,7 @@ import os
 from pathlib import Path
 
 from smoothmax.config import ConfigError, base_config
+from smoothmax.sweep import beyond_edge
 
 TEMPERATURES = (0.03, 0.1, 0.3, 1.0, 3.0)
 HEADS = ("linear", "cosine")
@@ -138,20 +139,6 @@ def rule_rate(point: dict, choices: dict) -> float:
     return round(choices["learning_rate"][row_key({**point, "loss.temperature": 1.0})] * point["loss.temperature"], 6)
 
 
-def beyond_edge(tried: dict) -> list[float]:
-    """The rates of :data:`RATE_SERIES` to try next for a row whose candidates ``{rate: validation accuracy}``
-    have finished: the neighbour beyond the best one where the best is the highest or lowest of the series
-    tried (none once the best is inside, or at the series' end)."""
-    series = sorted(lr for lr in tried if lr in RATE_SERIES)
-    best = max(sorted(tried), key=lambda lr: tried[lr])
-    out = []
-    for edge, step in ((series[-1], 1), (series[0], -1)):
-        i = RATE_SERIES.index(edge) + step
-        if best == edge and 0 <= i < len(RATE_SERIES):
-            out.append(RATE_SERIES[i])
-    return out
-
-
 def labelled_controls(choices: dict) -> list[tuple[str, float, dict]]:
     """(what it controls, the lse τ it is compared with, point), at each core τ > 0 and head: hard with m =
     lse's mean implicit margin on the clean training set, hard with m = its bound τ·log(C−1), and lse with
@@ -193,7 +180,7 @@ def get_sweep(arg: str = "select"):
     if stage == "extend":
         tried = {k: {float(lr): acc for lr, acc in c.items()} for k, c in choices["validation_accuracy"].items()}
         return _seeded([{**p, "optimizer.learning_rate": lr} for p in rows() if row_key(p) in tried
-                        for lr in beyond_edge(tried[row_key(p)]) if lr not in tried[row_key(p)]], (0,))
+                        for lr in beyond_edge(tried[row_key(p)], RATE_SERIES) if lr not in tried[row_key(p)]], (0,))
     if stage == "rule":
         at_one = [row_key({**p, "loss.temperature": 1.0}) for p in rows() if has_rule(p)]
         if any(k not in choices["learning_rate"] for k in at_one):

@@ -21,16 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from smoothmax.files import atomic_write_text
-from smoothmax.report import _plt, _save, t_interval
-from smoothmax.sweep import is_finished, load_point, read_invocations
+from smoothmax.report import _plt, _save, holm, paired_p, t_interval, write_csv
+from smoothmax.sweep import beyond_edge, is_finished, load_point, read_invocations
 
 ROOT = Path(__file__).resolve().parent.parent
 # The rows, stages and rules: one definition, in the sweep config (loaded by path: it shares this file's name).
 _spec = importlib.util.spec_from_file_location("primaries_design", ROOT / "configs" / "primaries.py")
 design = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(design)
-# The pilot's report (experiments/study.py) holds the paired t-test, Holm, the CSV writer and the final-metric
-# columns: reused, not copied, so the two studies' tables read alike.
+# The pilot's report (experiments/study.py) holds the final-metric columns and two formatting helpers: reused,
+# not copied, so the two studies' tables read alike.
 _spec = importlib.util.spec_from_file_location("primaries_pilot", ROOT / "experiments" / "study.py")
 pilot = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pilot)
@@ -74,7 +74,7 @@ def _choose_rate(candidates: dict, required) -> float | None:
     """The best rate by validation accuracy once the required rates and any edge extension have finished."""
     if not set(required) <= set(candidates):
         return None
-    if set(design.beyond_edge(candidates)) - set(candidates):
+    if set(beyond_edge(candidates, design.RATE_SERIES)) - set(candidates):
         return None
     return max(sorted(candidates), key=lambda lr: candidates[lr])
 
@@ -233,12 +233,12 @@ def paired(first: list[dict], second: list[dict]) -> dict:
     d = [a[s]["test_accuracy"] - b[s]["test_accuracy"] for s in seeds]
     mean, ci = _stat(d)
     return {"n": len(d), "seeds": " ".join(map(str, seeds)), "mean": mean, "ci": ci,
-            "p": pilot.paired_p(d) if len(d) >= 2 else math.nan}
+            "p": paired_p(d) if len(d) >= 2 else math.nan}
 
 
 def holm_adjusted(p_values) -> list[float]:
     """Holm's step-down adjusted p-values over one family: the k-th smallest p (k from 0) times N − k, made
-    monotone, at most 1; rejecting where it is below α is pilot.holm's test. The family is fixed in advance:
+    monotone, at most 1; rejecting where it is below α is holm's test. The family is fixed in advance:
     a comparison still pending (nan) counts in N and is ranked last, the conservative place, and gets nan."""
     n = len(p_values)
     order = sorted((i for i in range(n) if not math.isnan(p_values[i])), key=lambda i: p_values[i])
@@ -621,8 +621,8 @@ def report(workdir: Path, points: list[dict], choices: dict) -> Path:
     workdir = Path(workdir)
     runs, ignored = evaluation_runs(points, choices)
     results, prim = results_rows(runs, choices), primaries_rows(runs)
-    pilot.write_csv(workdir / "results.csv", results)
-    pilot.write_csv(workdir / "primaries.csv", prim)
+    write_csv(workdir / "results.csv", results)
+    write_csv(workdir / "primaries.csv", prim)
     figures = workdir / "figures"
     plot_forest(prim, figures / "forest.png")
     plot_curves(runs, choices, figures / "curves.png")

@@ -15,19 +15,10 @@ cd "$(dirname "$0")/.."
 export SMOOTHMAX_CIFAR10="${SMOOTHMAX_CIFAR10-../shared/data/cifar10-jpeg.tgz}"
 export SMOOTHMAX_PRIMARIES_DIR="${1:-experiments/results/primaries}"
 stages="${SMOOTHMAX_PRIMARIES_STAGES:-tune tune-r5 evaluate long-tune long-evaluate}"
-start=$(date +%s)
-stage() {
-  echo "primaries: stage $1 ($(( $(date +%s) - start )) s so far)"
-  python -m smoothmax sweep --config "configs/primaries.py:$1" --workdir "$SMOOTHMAX_PRIMARIES_DIR" \
-    --no-progress --no-report
-}
-choose() { python experiments/primaries.py choose "$SMOOTHMAX_PRIMARIES_DIR"; }
-extend() {  # a row whose best rate is an edge of those tried gets the next one, until none is
-  for _ in 1 2 3 4; do stage extend; choose; done
-}
+NAME=primaries CONFIG=configs/primaries.py: WORKDIR="$SMOOTHMAX_PRIMARIES_DIR" CHOOSER=experiments/primaries.py
+. experiments/stages.sh
 for s in $stages; do
   stage "$s"; choose
   case "$s" in tune|tune-r5) extend ;; esac
 done
-python experiments/primaries.py report "$SMOOTHMAX_PRIMARIES_DIR"
-echo "primaries: done in $(( $(date +%s) - start )) s"
+finish

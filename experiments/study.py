@@ -11,8 +11,6 @@ only for the runs at the chosen rates.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -26,8 +24,9 @@ sys.path.insert(0, str(ROOT / "configs"))
 import sweep_temperature as study  # noqa: E402  (the grid and its rules: one definition)
 
 from smoothmax.files import atomic_write_text  # noqa: E402
-from smoothmax.report import _plt, _save, lse_cosine_floor, normface_floor, t_interval  # noqa: E402
-from smoothmax.sweep import is_finished, load_point, read_invocations  # noqa: E402
+from smoothmax.report import (  # noqa: E402
+    _plt, _save, holm, lse_cosine_floor, normface_floor, paired_p, t_interval, write_csv)
+from smoothmax.sweep import beyond_edge, is_finished, load_point, read_invocations  # noqa: E402
 
 WORKDIR = study.STUDY_DIR
 COLORS = {"hard": "tab:red", "lse": "tab:blue", "softmax": "tab:green"}
@@ -101,7 +100,7 @@ def choose(workdir: Path) -> dict:
             wanted.add(study.rule_rate(row, {"learning_rate": rates}))
         c = candidates.get(key, {})
         # A row is chosen once all its candidates have finished and its best is not at an open edge.
-        if wanted <= set(c) and set(study.beyond_edge(c)) <= set(c):
+        if wanted <= set(c) and set(beyond_edge(c, study.RATE_SERIES)) <= set(c):
             rates[key] = max(sorted(c), key=lambda lr: c[lr])
     margins = defaultdict(list)
     for p in points:
@@ -249,38 +248,6 @@ def paired_rows(points: list[dict], known: dict) -> list[dict]:
     for row, survives in zip(out, holm([r["test_accuracy_p"] for r in out])):
         row["test_accuracy_holm"] = survives
     return out
-
-
-def paired_p(diffs) -> float:
-    """Two-sided p of the paired t-test that the mean difference is 0 (scipy's one-sample t-test on the
-    differences). Identical differences have no spread: p is 0 unless they are all 0 (then 1), where scipy
-    would warn and give nan."""
-    from scipy import stats  # installed with jax, which requires it
-
-    if np.ptp(diffs) == 0:
-        return 0.0 if diffs[0] != 0 else 1.0
-    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
-
-
-def holm(p_values, alpha: float = 0.05) -> list[bool]:
-    """Which hypotheses Holm's step-down procedure rejects at family-wise level ``alpha`` (every comparison
-    of the report is one family): the k-th smallest p must be below alpha/(N − k), in order."""
-    rejected = [False] * len(p_values)
-    for k, i in enumerate(sorted(range(len(p_values)), key=lambda i: p_values[i])):
-        if p_values[i] >= alpha / (len(p_values) - k):
-            break
-        rejected[i] = True
-    return rejected
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
 
 
 # --------------------------------------------------------------------------- figures

@@ -15,20 +15,11 @@ cd "$(dirname "$0")/.."
 export SMOOTHMAX_CIFAR10="${SMOOTHMAX_CIFAR10-../shared/data/cifar10-jpeg.tgz}"
 export SMOOTHMAX_STUDY_DIR="${1:-experiments/results/study}"
 prefix=${2:+$2-}  # "gpu-" for the GPU-scale variants
-start=$(date +%s)
-stage() {
-  echo "study: stage $prefix$1 ($(( $(date +%s) - start )) s so far)"
-  python -m smoothmax sweep --config "configs/sweep_temperature.py:$prefix$1" --workdir "$SMOOTHMAX_STUDY_DIR" \
-    --no-progress --no-report
-}
-choose() { python experiments/study.py choose "$SMOOTHMAX_STUDY_DIR"; }
-extend() {  # a row whose best rate is an edge of those tried gets the next one, until none is
-  for _ in 1 2 3 4; do stage extend; choose; done
-}
+NAME=study CONFIG="configs/sweep_temperature.py:$prefix" WORKDIR="$SMOOTHMAX_STUDY_DIR" CHOOSER=experiments/study.py
+. experiments/stages.sh
 stage select; choose; extend
 stage rule; choose; extend
 stage replicate; choose   # lse's implicit margins, for the controls
 stage long
 stage controls
-python experiments/study.py report "$SMOOTHMAX_STUDY_DIR"
-echo "study: done in $(( $(date +%s) - start )) s"
+finish

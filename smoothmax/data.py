@@ -68,8 +68,8 @@ class Dataset:
     @functools.cached_property
     def _channel_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel mean and standard deviation of the training images, in [0, 1], from each channel's
-        histogram of the 256 pixel values: exact, and one pass (numpy's float64 ``std`` over 150 M pixels
-        took seconds, once for every program a process built)."""
+        histogram of the 256 pixel values: exact, one pass, and once per dataset (every program lookup reads
+        them, and recomputing them there cost a float64 pass over every pixel each time)."""
         values = np.arange(256, dtype=np.float64)
         counts = np.stack([np.bincount(self.train_images[..., c].ravel(), minlength=256) for c in range(3)])
         counts = counts.astype(np.float64) / counts.sum(axis=1, keepdims=True)
@@ -688,7 +688,7 @@ def shard_batch(mesh: Mesh, *local_arrays: np.ndarray):
     Every host passes only the rows it read (see :func:`host_indices`).
     """
     sharding = batch_sharding(mesh)
-    if jax.process_count() == 1:  # the same arrays in one batched transfer, half the host time
+    if jax.process_count() == 1:  # the same arrays in one batched transfer (docs/benchmarks.md, host work)
         out = jax.device_put(tuple(np.asarray(a) for a in local_arrays), sharding)
     else:
         out = tuple(jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in local_arrays)

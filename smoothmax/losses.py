@@ -243,9 +243,9 @@ _FAR_BELOW = -1e4
 
 
 def _over_tau(u, tau):
-    """``u/τ`` (``u`` at τ = 0), floored at ``_FAR_BELOW``, where softplus, sigmoid and their τ-derivative are
-    exactly 0: u may be the most negative float (no rival mass), whose quotient would overflow to -inf
-    (which eager ``jax.debug_infs`` flags)."""
+    """``u/τ`` at τ > 0 (a placeholder at τ = 0, which callers select away), floored at ``_FAR_BELOW``, where
+    softplus, sigmoid and their τ-derivative are exactly 0: u may be the most negative float (no rival
+    mass), whose quotient would overflow to -inf (which eager ``jax.debug_infs`` flags)."""
     safe_tau = _safe_tau(tau)
     return jnp.maximum(u, _FAR_BELOW * safe_tau) / safe_tau
 

@@ -29,7 +29,7 @@ def _version(package: str) -> str | None:
         return None
 
 
-# The instruction sets that decide XLA:CPU's speed (see docs/benchmarks.md: two EPYC kinds differ 3× on convs).
+# The instruction sets that decide XLA:CPU's speed (docs/benchmarks.md, Machines: EPYC kinds differ 3× on convs).
 CPU_FLAGS = ("avx512f", "avx512_bf16", "avx2", "fma")
 
 

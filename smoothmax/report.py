@@ -102,6 +102,38 @@ def t_interval(values) -> float:
     return float(stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
 
 
+def paired_p(diffs) -> float:
+    """Two-sided p of the paired t-test that the mean difference is 0 (scipy's one-sample t-test on the
+    differences). Identical differences have no spread: p is 0 unless they are all 0 (then 1), where scipy
+    would warn and give nan."""
+    from scipy import stats  # installed with jax, which requires it
+
+    if np.ptp(diffs) == 0:
+        return 0.0 if diffs[0] != 0 else 1.0
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
+
+
+def holm(p_values, alpha: float = 0.05) -> list[bool]:
+    """Which hypotheses Holm's step-down procedure rejects at family-wise level ``alpha`` (one family): the k-th smallest p must be below alpha/(N − k), in order."""
+    rejected = [False] * len(p_values)
+    for k, i in enumerate(sorted(range(len(p_values)), key=lambda i: p_values[i])):
+        if p_values[i] >= alpha / (len(p_values) - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV with a header, written atomically; nothing for no rows."""
+    if not rows:
+        return
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
 def _axes(results) -> dict:
     """``{point name: "key=value ..."}`` for the axes beyond :data:`NAMED_AXES` and the seeds that vary."""
     base = defaults()
@@ -381,11 +413,7 @@ def write_report(workdir) -> Path:
     plot_gradient_support(rows, figures / "gradient_support.png")
     has_cosine = plot_cosine_floor(rows, figures / "cosine_floor.png")
 
-    table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")  # axes may hold commas
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(workdir / "results.csv", table.getvalue())
+    write_csv(workdir / "results.csv", rows)
     first = results[0]
     cfg = first["config"]
     lines = [

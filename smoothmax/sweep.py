@@ -78,6 +78,21 @@ def product(axes: dict) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(axes[k] for k in keys))]
 
 
+def beyond_edge(tried: dict, series) -> list[float]:
+    """The values of ``series`` (an increasing grid, e.g. learning rates) to try next for a row whose
+    candidates ``{value: score}`` have finished: the neighbour beyond the best one where the best is the
+    highest or the lowest of ``series`` tried (none once the best is inside, or at the series' end).
+    Candidates outside ``series`` compete for best but are never an edge."""
+    ladder = sorted(v for v in tried if v in series)
+    best = max(sorted(tried), key=lambda v: tried[v])
+    out = []
+    for edge, step in ((ladder[-1], 1), (ladder[0], -1)):
+        i = series.index(edge) + step
+        if best == edge and 0 <= i < len(series):
+            out.append(series[i])
+    return out
+
+
 def point_label(overrides: dict) -> str:
     """The readable part of a point's name: ``lse_t0.1_m0_linear`` (known keys shortened, others key=value)."""
     parts = []
