@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     # At the end, also report test accuracy with test-time augmentation (the image and its mirror, each also
     # shifted by ±2 pixels) as test_tta_accuracy, beside the metrics of the views above.
     c.data.test_tta = False
+    # Mirror each training image in alternate epochs (a fresh coin in the first epoch, then the opposite of
+    # the last epoch) instead of by a fresh coin each epoch: airbench's derandomised flips.
+    c.data.alternate_flips = False
     # Training images held out for validation (stratified, the same for every run; 0 = none). With a
     # validation split, evaluations during training read it, and the test set is read once, at the end.
     c.data.validation = 0
@@ -65,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.stem_width = 0  # cnn: channels of the full-resolution stem conv (0: half the first width)
     c.model.head = "linear"  # linear | cosine
     c.model.bn_momentum = 0.9
+    c.model.bn_scale = True  # False: BatchNorm scales frozen at 1 (airbench trains only the biases)
+    c.model.head_scale = 1.0  # linear head: logits times this (airbench: 1/9)
+    c.model.identity_init = False  # cnn: each 3×3 conv's first filters start as the identity (airbench's Dirac)
     c.model.compute_dtype = "float32"  # float32 | bfloat16 (GPU/TPU)
 
     c.loss = ml_collections.ConfigDict()
@@ -86,6 +92,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 5e-4
     c.optimizer.warmup_fraction = 0.15
     c.optimizer.decay = "linear"  # linear | cosine
+    c.optimizer.bias_scale = 1.0  # multiplies the updates of BatchNorm biases (airbench: 64)
+    # Lookahead: every this many steps the slow weights take a step towards the fast ones and the fast restart
+    # there (0: off); the slow weights' share grows as progress³ to lookahead_decay (airbench: 5 and 0.95⁵).
+    c.optimizer.lookahead_every = 0
+    c.optimizer.lookahead_decay = 0.0
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 1
@@ -273,6 +284,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("data.eval_translate", *_int_at_least(0)),
         ("data.eval_train", *_BOOL),
         ("data.test_tta", *_BOOL),
+        ("data.alternate_flips", *_BOOL),
         ("data.train_subset", *_int_at_least(0)),
         ("data.validation", *_int_at_least(0)),
         ("data.num_train", *_int_at_least(1)),
@@ -286,6 +298,9 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("model.stem_width", *_int_at_least(0)),
         ("model.head", *_one_of(*HEADS)),
         ("model.bn_momentum", *_FRACTION),
+        ("model.bn_scale", *_BOOL),
+        ("model.head_scale", *_POSITIVE),
+        ("model.identity_init", *_BOOL),
         ("model.compute_dtype", *_one_of("float32", "bfloat16")),
         ("loss.name", *_one_of(*OBJECTIVES)),
         ("loss.temperature", *_NONNEGATIVE),
@@ -300,6 +315,9 @@ def _rules(cfg, devices: int) -> list[tuple]:
         ("optimizer.weight_decay", *_NONNEGATIVE),
         ("optimizer.warmup_fraction", *_FRACTION),
         ("optimizer.decay", *_one_of("linear", "cosine")),
+        ("optimizer.bias_scale", *_POSITIVE),
+        ("optimizer.lookahead_every", *_int_at_least(0)),
+        ("optimizer.lookahead_decay", *_FRACTION),
     ]
     if _lookup(cfg, "loss.learn_temperature") is True:
         why = "when loss.learn_temperature is set"
@@ -309,6 +327,9 @@ def _rules(cfg, devices: int) -> list[tuple]:
             ("loss.final_temperature", lambda v: v is None, f"None {why} (τ is learned, not scheduled)"),
             ("model.head", lambda v: v == "cosine", f"cosine {why} (a linear head scales its logits itself)"),
         ]
+    if _lookup(cfg, "model.head_scale") not in (1, 1.0, _MISSING):
+        rules.append(("model.head", lambda v: v == "linear", "linear when model.head_scale is set (a cosine "
+                      "head's logits are cosines: set τ instead)"))
     if _lookup(cfg, "model.stem") == "whitened":
         first = _lookup(cfg, "model.widths")[0]
         rules.append(("model.stem_width", lambda v: (v or first // 2) % 2 == 0 and (v or first // 2) <= WHITENED_STEM_MAX,

@@ -623,13 +623,16 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
     return (images.astype(jnp.float32) / 255.0 - jnp.asarray(mean)) / jnp.asarray(std)
 
 
-def epoch_flips(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """Which training examples are mirrored in ``epoch``: a fresh coin per example and epoch.
+def epoch_flips(num_examples: int, seed: int, epoch: int, alternate: bool = False) -> np.ndarray:
+    """Which training examples are mirrored in ``epoch``: a fresh coin per example and epoch, or with
+    ``alternate`` the first epoch's coin, inverted in odd epochs (airbench's derandomised flips: over any two
+    epochs every image is seen both ways).
 
     Decided on the host, like the batch order, so that a mirror is a pure function of (seed, epoch, example)
     whatever the batch size or the number of hosts.
     """
-    return np.random.default_rng([seed, epoch, 1]).random(num_examples) < 0.5
+    coin = np.random.default_rng([seed, 0 if alternate else epoch, 1]).random(num_examples) < 0.5
+    return coin ^ bool(alternate and epoch % 2)
 
 
 def augment(key: jax.Array, images: jax.Array, flips: jax.Array, pad: int = 4) -> jax.Array:

@@ -43,7 +43,9 @@ IGNORED = (
     (lambda c: c["data.name"] == "cifar10",
      ("data.num_train", "data.num_test", "data.difficulty", "data.synthetic_seed")),
     (lambda c: c["data.name"] == "synthetic", ("data.train_subset",)),
-    (lambda c: c["model.name"] != "cnn", ("model.stem_width",)),
+    (lambda c: c["model.name"] != "cnn", ("model.stem_width", "model.identity_init")),
+    (lambda c: c["optimizer.lookahead_every"] == 0, ("optimizer.lookahead_decay",)),
+    (lambda c: not c["data.augment"], ("data.alternate_flips",)),
 )
 
 

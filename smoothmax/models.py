@@ -15,17 +15,23 @@ from flax import nnx
 
 
 class LinearHead(nnx.Module):
-    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
+    """``z = scale·(W·x + b)``: a scale below 1 slows the head against the body at one learning rate
+    (airbench's 1/9)."""
+
+    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs, scale: float = 1.0):
         self.dense = nnx.Linear(features, num_classes, rngs=rngs)
+        self.scale = scale
 
     def __call__(self, x):
-        return self.dense(x)
+        return self.dense(x) if self.scale == 1.0 else self.scale * self.dense(x)
 
 
 class CosineHead(nnx.Module):
     """Cosine similarity between the feature and each class weight: logits in [−1, 1]."""
 
-    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs, scale: float = 1.0):
+        if scale != 1.0:
+            raise ValueError("a cosine head's logits are cosines: model.head_scale must be 1 (set τ instead)")
         init = nnx.initializers.normal(1.0)
         self.weight = nnx.Param(init(rngs.params(), (features, num_classes)))
 
@@ -40,10 +46,10 @@ class CosineHead(nnx.Module):
 HEADS = {"linear": LinearHead, "cosine": CosineHead}
 
 
-def make_head(name: str, features: int, num_classes: int, rngs: nnx.Rngs):
+def make_head(name: str, features: int, num_classes: int, rngs: nnx.Rngs, scale: float = 1.0):
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
-    return HEADS[name](features, num_classes, rngs=rngs)
+    return HEADS[name](features, num_classes, rngs=rngs, scale=scale)
 
 
 def _conv(cin, cout, rngs, dtype, stride=1, kernel=3):
@@ -51,8 +57,8 @@ def _conv(cin, cout, rngs, dtype, stride=1, kernel=3):
                     dtype=dtype, rngs=rngs)
 
 
-def _bn(features, rngs, momentum, dtype):
-    return nnx.BatchNorm(features, momentum=momentum, epsilon=1e-5, dtype=dtype, rngs=rngs)
+def _bn(features, rngs, momentum, dtype, scale=True):
+    return nnx.BatchNorm(features, momentum=momentum, epsilon=1e-5, use_scale=scale, dtype=dtype, rngs=rngs)
 
 
 def max_pool_2x2(x):
@@ -102,14 +108,22 @@ class WhitenedStem(nnx.Module):
                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def identity_kernel(kernel):
+    """A 3×3 HWIO kernel whose first ``I`` output channels copy the input channels (airbench's Dirac
+    initialisation): each block starts close to passing its input on, the rest of its filters random."""
+    cin = min(kernel.shape[2], kernel.shape[3])
+    eye = jnp.zeros(kernel.shape[:3] + (cin,), kernel.dtype).at[1, 1, jnp.arange(cin), jnp.arange(cin)].set(1)
+    return kernel.at[..., :cin].set(eye)
+
+
 class ConvBlock(nnx.Module):
     """conv → max-pool 2×2 → BN → GELU → conv → BN → GELU (airbench's block)."""
 
-    def __init__(self, cin, cout, *, rngs, bn_momentum, dtype):
+    def __init__(self, cin, cout, *, rngs, bn_momentum, dtype, bn_scale=True):
         self.conv1 = _conv(cin, cout, rngs, dtype)
-        self.bn1 = _bn(cout, rngs, bn_momentum, dtype)
+        self.bn1 = _bn(cout, rngs, bn_momentum, dtype, bn_scale)
         self.conv2 = _conv(cout, cout, rngs, dtype)
-        self.bn2 = _bn(cout, rngs, bn_momentum, dtype)
+        self.bn2 = _bn(cout, rngs, bn_momentum, dtype, bn_scale)
 
     def __call__(self, x):
         x = self.conv1(x)
@@ -122,17 +136,22 @@ class CNN(nnx.Module):
     """A fast CIFAR-10 CNN: a stem conv, three pooled blocks, global max-pool, a head."""
 
     def __init__(self, widths=(64, 128, 256), num_classes=10, head="linear", *, stem="conv", stem_width=None,
-                 bn_momentum=0.9, dtype=jnp.float32, rngs: nnx.Rngs):
+                 bn_momentum=0.9, bn_scale=True, head_scale=1.0, identity_init=False, dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         width = stem_width or widths[0] // 2
         self.stem = WhitenedStem(width, dtype) if stem == "whitened" else _conv(3, width, rngs, dtype)
         stem = width
-        self.stem_bn = _bn(stem, rngs, bn_momentum, dtype)
+        self.stem_bn = _bn(stem, rngs, bn_momentum, dtype, bn_scale)
         chans = (stem,) + tuple(widths)
         self.blocks = nnx.List(
-            [ConvBlock(chans[i], chans[i + 1], rngs=rngs, bn_momentum=bn_momentum, dtype=dtype)
-             for i in range(len(widths))]
+            [ConvBlock(chans[i], chans[i + 1], rngs=rngs, bn_momentum=bn_momentum, dtype=dtype,
+                       bn_scale=bn_scale) for i in range(len(widths))]
         )
-        self.head = make_head(head, widths[-1], num_classes, rngs)
+        self.head = make_head(head, widths[-1], num_classes, rngs, head_scale)
+        if identity_init:
+            for block in self.blocks:
+                for conv in (block.conv1, block.conv2):
+                    conv.kernel[...] = identity_kernel(conv.kernel[...])
 
     def __call__(self, x):
         x = nnx.gelu(self.stem_bn(self.stem(x)))
@@ -142,15 +161,15 @@ class CNN(nnx.Module):
 
 
 class BasicBlock(nnx.Module):
-    def __init__(self, cin, cout, stride, *, rngs, bn_momentum, dtype):
+    def __init__(self, cin, cout, stride, *, rngs, bn_momentum, dtype, bn_scale=True):
         self.conv1 = _conv(cin, cout, rngs, dtype, stride)
-        self.bn1 = _bn(cout, rngs, bn_momentum, dtype)
+        self.bn1 = _bn(cout, rngs, bn_momentum, dtype, bn_scale)
         self.conv2 = _conv(cout, cout, rngs, dtype)
-        self.bn2 = _bn(cout, rngs, bn_momentum, dtype)
+        self.bn2 = _bn(cout, rngs, bn_momentum, dtype, bn_scale)
         self.project = stride != 1 or cin != cout  # a 1x1 conv on the skip path when shapes change
         if self.project:
             self.shortcut = _conv(cin, cout, rngs, dtype, stride, kernel=1)
-            self.shortcut_bn = _bn(cout, rngs, bn_momentum, dtype)
+            self.shortcut_bn = _bn(cout, rngs, bn_momentum, dtype, bn_scale)
 
     def __call__(self, x):
         y = nnx.relu(self.bn1(self.conv1(x)))
@@ -163,17 +182,18 @@ class ResNet(nnx.Module):
     """ResNet-18 for 32×32 inputs: 3×3 stem, four stages of two basic blocks, average pool, a head."""
 
     def __init__(self, widths=(64, 128, 256, 512), blocks_per_stage=2, num_classes=10, head="linear", *,
-                 bn_momentum=0.9, dtype=jnp.float32, rngs: nnx.Rngs):
+                 bn_momentum=0.9, bn_scale=True, head_scale=1.0, dtype=jnp.float32, rngs: nnx.Rngs):
         self.stem = _conv(3, widths[0], rngs, dtype)
-        self.stem_bn = _bn(widths[0], rngs, bn_momentum, dtype)
+        self.stem_bn = _bn(widths[0], rngs, bn_momentum, dtype, bn_scale)
         blocks, cin = [], widths[0]
         for stage, width in enumerate(widths):
             for i in range(blocks_per_stage):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(cin, width, stride, rngs=rngs, bn_momentum=bn_momentum, dtype=dtype))
+                blocks.append(BasicBlock(cin, width, stride, rngs=rngs, bn_momentum=bn_momentum, dtype=dtype,
+                                         bn_scale=bn_scale))
                 cin = width
         self.blocks = nnx.List(blocks)
-        self.head = make_head(head, widths[-1], num_classes, rngs)
+        self.head = make_head(head, widths[-1], num_classes, rngs, head_scale)
 
     def __call__(self, x):
         x = nnx.relu(self.stem_bn(self.stem(x)))
@@ -186,11 +206,12 @@ def make_model(config, num_classes: int, seed: int):
     """The network that ``config`` (``model.name``, ``widths``, ``head``, ...) describes."""
     rngs = nnx.Rngs(params=seed)
     dtype = jnp.bfloat16 if config.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
-    common = dict(num_classes=num_classes, head=config.head, bn_momentum=config.bn_momentum, dtype=dtype,
+    common = dict(num_classes=num_classes, head=config.head, bn_momentum=config.bn_momentum,
+                  bn_scale=config.get("bn_scale", True), head_scale=config.get("head_scale", 1.0), dtype=dtype,
                   rngs=rngs)
     if config.name == "cnn":
         return CNN(tuple(config.widths), stem=config.get("stem", "conv"), stem_width=config.get("stem_width") or None,
-                   **common)
+                   identity_init=config.get("identity_init", False), **common)
     if config.name == "resnet18":
         return ResNet(tuple(config.widths), **common)
     raise ValueError(f"unknown model {config.name!r}: choose cnn or resnet18")

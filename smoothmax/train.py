@@ -129,6 +129,8 @@ class TrainState:
     rest: Any  # BatchNorm statistics and other non-parameter variables
     opt_state: Any
     step: jax.Array
+    # Lookahead's slow copy of (params, rest) (None without ``optimizer.lookahead_every``).
+    slow: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +146,10 @@ class StepSpec:
     crop_pad: int
     eval_views: tuple  # the (dy, dx, mirrored) views whose logits evaluation averages
     learn_temperature: bool
+    bias_scale: float = 1.0  # multiplies BatchNorm biases' updates (optimizer.bias_scale)
+    lookahead_every: int = 0  # Lookahead: sync every this many steps (0: off) ...
+    lookahead_decay: float = 0.0  # ... keeping this share of the slow weights at the end of training
+    total_steps: int = 0
 
 
 def create_train_state(cfg, spec: StepSpec, num_classes: int, train_images=None) -> TrainState:
@@ -161,7 +167,8 @@ def create_train_state(cfg, spec: StepSpec, num_classes: int, train_images=None)
     params = {"model": model}
     if spec.learn_temperature:
         params["log_temperature"] = jnp.log(jnp.asarray(cfg.loss.temperature, jnp.float32))
-    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32))
+    slow = jax.tree.map(jnp.copy, (params, rest)) if spec.lookahead_every else None  # own buffers: donated
+    return TrainState(params, rest, spec.optimizer.init(params), jnp.zeros((), jnp.int32), slow)
 
 
 def temperature_of(spec: StepSpec, params, temperature):
@@ -200,14 +207,47 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips
     (_, (loss, logits, new_rest)), grads = jax.value_and_grad(objective_of, has_aux=True)(state.params)
     updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: learning_rate * u, updates)
+    if spec.bias_scale != 1.0:
+        updates = scale_biases(spec, updates)
     state = state.replace(params=optax.apply_updates(state.params, updates), rest=new_rest,
                           opt_state=opt_state, step=state.step + 1)
+    if spec.lookahead_every:
+        state = lookahead(spec, state)
     metrics = {
         "loss": metrics["loss"] + loss * labels.shape[0],
         "correct": metrics["correct"] + jnp.sum(jnp.argmax(logits, -1) == labels),
         "count": metrics["count"] + labels.shape[0],
     }
     return state, metrics
+
+
+def scale_biases(spec: StepSpec, updates):
+    """The updates with BatchNorm biases' (every ``bias`` outside the head: the convolutions have none) scaled
+    by ``bias_scale``. Their gradients are small next to what a BatchNorm bias must travel; airbench trains
+    them 64× faster than the weights (with BatchNorm scales frozen, ``model.bn_scale = False``)."""
+    def scale(path, u):
+        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # not the Variables' ``.value``
+        return spec.bias_scale * u if names[-1] == "bias" and "head" not in names else u
+
+    return jax.tree_util.tree_map_with_path(scale, updates)
+
+
+def lookahead(spec: StepSpec, state: TrainState) -> TrainState:
+    """Lookahead (Zhang et al., 2019) as airbench schedules it: every ``lookahead_every`` steps and at the last
+    step, the slow copy moves to ``d·slow + (1 − d)·fast`` and the fast weights restart from it. The share
+    ``d = lookahead_decay · progress³`` is about 0 early, when the fast weights should roam, and reaches
+    ``lookahead_decay`` at the end, where averaging damps the last steps' noise. BatchNorm statistics are
+    averaged with the parameters, so that they describe the weights evaluation uses."""
+    step = state.step  # already counts this step
+    sync = (step % spec.lookahead_every == 0) | (step == spec.total_steps)
+    decay = spec.lookahead_decay * (step.astype(jnp.float32) / spec.total_steps) ** 3
+    fast = (state.params, state.rest)
+    # Leaves that never move (a frozen whitened stem) stay bit-exact: d·s + (1 − d)·s rounds.
+    moved = jax.tree.map(lambda s, f: jnp.where(s == f, f, decay * s + (1 - decay) * f), state.slow, fast)
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(sync, a, b), new, old)  # noqa: E731
+    slow = pick(moved, state.slow)
+    params, rest = pick(slow, fast)
+    return state.replace(params=params, rest=rest, slow=slow)
 
 
 def eval_step(spec: StepSpec, state: TrainState, images, labels, mask, temperature, margin):
@@ -271,6 +311,36 @@ class Program:
         return data_lib.shard_batch(self.mesh, *local_arrays)
 
 
+class TrainingFeed:
+    """The training batches of a run, by their indices into the training set.
+
+    On one host the uint8 training set (150 MB for CIFAR-10) and each epoch's flips are placed on the devices
+    once, and a batch is gathered there from its indices: per step the host sends 4 bytes per example instead
+    of 3 kB (docs/benchmarks.md, "Host work per step"). With several hosts each host reads its own rows and
+    places them (:meth:`Program.put_batch`), so no host holds another's data.
+    """
+
+    def __init__(self, program: Program, images: np.ndarray, labels: np.ndarray):
+        self.program, self.images, self.labels = program, images, labels
+        self.resident = jax.process_count() == 1
+        if self.resident:
+            replicated = NamedSharding(program.mesh, PartitionSpec())
+            batch = replicated if program.splits_members else data_lib.batch_sharding(program.mesh)
+            self.replicated = replicated
+            self.on_device = jax.device_put((images, labels), replicated)
+            self.gather = jax.jit(lambda x, y, f, idx: (x[idx], y[idx], f[idx]), out_shardings=batch)
+
+    def epoch(self, flips: np.ndarray) -> None:
+        self.flips = jax.device_put(flips, self.replicated) if self.resident else flips
+
+    def batch(self, idx: np.ndarray):
+        """(images, labels, flips) of the examples ``idx`` (global indices, the same on every host)."""
+        if self.resident:
+            return self.gather(*self.on_device, self.flips, jax.device_put(idx.astype(np.int32), self.replicated))
+        local = data_lib.host_indices(idx)
+        return self.program.put_batch(self.images[local], self.labels[local], self.flips[local])
+
+
 def _splits_members(members: int | None) -> bool:
     devices = jax.device_count()
     return members is not None and devices > 1 and members % devices == 0 and jax.process_count() == 1
@@ -287,9 +357,11 @@ def eval_views(data_cfg) -> tuple:
 
 def build_program(cfg, mean, std, num_classes: int, members: int | None = None) -> Program:
     graphdef, _, _ = nnx.split(make_model(cfg.model, num_classes, cfg.seed), nnx.Param, ...)
+    opt = cfg.optimizer
     spec = StepSpec(graphdef, make_optimizer(cfg), objective(cfg.loss.name), mean, std,
                     bool(cfg.data.augment), int(cfg.data.crop_pad), eval_views(cfg.data),
-                    bool(cfg.loss.learn_temperature))
+                    bool(cfg.loss.learn_temperature), float(opt.bias_scale), int(opt.lookahead_every),
+                    float(opt.lookahead_decay), int(cfg.total_steps))
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states
@@ -545,19 +617,17 @@ def _fit(cfgs, workdirs, run_dir: Path, *, vmapped: bool, progress: bool, datase
             if writer:
                 atomic_write_text(workdirs[k] / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
 
-    epoch_seconds = []
+    epoch_seconds, feed = [], TrainingFeed(program, ds.train_images, ds.train_labels)
     for epoch in range(start_epoch, cfg.epochs):
         epoch_start, paused = time.time(), 0.0
         metrics = jax.device_put(zero_metrics((len(cfgs),) if vmapped else ()), replicated)
-        flips = data_lib.epoch_flips(len(ds.train_labels), cfg.data.seed, epoch)
+        feed.epoch(data_lib.epoch_flips(len(ds.train_labels), cfg.data.seed, epoch, cfg.data.alternate_flips))
         for i, idx in enumerate(data_lib.epoch_permutation(len(ds.train_labels), cfg.data.batch_size,
                                                            cfg.data.seed, epoch)):
             step = epoch * steps_per_epoch + i
             with step_guard():
                 temperature, margin, learning_rate = member_values(step / max(1, total_steps - 1))
-                local = data_lib.host_indices(idx)
-                images, labels, flip = program.put_batch(ds.train_images[local], ds.train_labels[local],
-                                                         flips[local])
+                images, labels, flip = feed.batch(idx)
                 state, metrics = program.train_step(state, metrics, images, labels, flip, key, step, temperature,
                                                     margin, learning_rate)
             if phases["first_step_seconds"] is None:  # compilation, mostly: one host sync per process

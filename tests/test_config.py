@@ -35,7 +35,8 @@ def test_config_errors_name_the_problem(tmp_path):
     cpu = load_config(os.path.join(CONFIGS, "cifar10_cpu.py:hard-m1"))
     assert cpu.loss.name == "hard" and cpu.loss.margin == 1.0
     validate_config(cpu, devices=1)
-    assert load_config(os.path.join(CONFIGS, "cifar10.py:lse")).model.name == "resnet18"
+    assert load_config(os.path.join(CONFIGS, "cifar10.py:lse")).model.widths == (64, 256, 256)
+    assert load_config(os.path.join(CONFIGS, "cifar10_resnet18.py:lse")).model.name == "resnet18"
     with pytest.raises(ValueError, match="focal"):
         c2 = tiny_config()
         c2.loss.name = "focal"
@@ -116,6 +117,11 @@ BAD_VALUES = [
     ("optimizer.warmup_fraction=1", "optimizer.warmup_fraction"),
     ("optimizer.weight_decay=-1e-4", "optimizer.weight_decay"),
     ("epochs=None", "epochs"),
+    ("optimizer.bias_scale=0", "optimizer.bias_scale"),
+    ("optimizer.lookahead_every=-1", "optimizer.lookahead_every"),
+    ("optimizer.lookahead_decay=1", "optimizer.lookahead_decay"),
+    ("model.head_scale=0", "model.head_scale"),
+    ("data.alternate_flips=None", "data.alternate_flips"),
 ]
 
 
@@ -134,6 +140,13 @@ def test_validate_config_names_the_bad_key(item, key):
     with pytest.raises(ConfigError, match=f"^config key '{key}' = .*: must be ") as err:
         validate_config(c, devices=1)
     assert "\n" not in str(err.value)
+
+
+def test_a_head_scale_needs_a_linear_head():
+    c = small_config()
+    c.model.head, c.model.head_scale = "cosine", 0.5
+    with pytest.raises(ConfigError, match="'model.head' = 'cosine': must be linear when model.head_scale is set"):
+        validate_config(c, devices=1)
 
 
 def test_validate_config_knows_the_devices_and_the_training_set():

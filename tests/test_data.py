@@ -306,6 +306,14 @@ def test_flips_are_fair_coins_fixed_by_seed_and_epoch():
     assert not np.array_equal(first, data.epoch_flips(1000, 4, 0))
 
 
+def test_alternate_flips_mirror_each_image_every_other_epoch():
+    coin = data.epoch_flips(1000, 3, 0)
+    np.testing.assert_array_equal(data.epoch_flips(1000, 3, 0, alternate=True), coin)  # epoch 0: the coins
+    np.testing.assert_array_equal(data.epoch_flips(1000, 3, 1, alternate=True), ~coin)
+    np.testing.assert_array_equal(data.epoch_flips(1000, 3, 4, alternate=True), coin)
+    np.testing.assert_array_equal(data.epoch_flips(1000, 3, 5, alternate=True), ~coin)
+
+
 def test_translate_shifts_with_reflected_borders():
     images = jnp.arange(2 * 5 * 5 * 1, dtype=jnp.float32).reshape(2, 5, 5, 1)
     shifted = np.asarray(data.translate(images, 1, -2))

@@ -86,3 +86,22 @@ def test_whitened_stem_decorrelates_patches_and_is_not_a_parameter():
     assert "stem" not in params  # frozen: no gradient, no weight decay
     with pytest.raises(ValueError, match="even width"):
         make_model(_cnn_config(stem="whitened", stem_width=26), 10, seed=0)
+
+
+def test_identity_init_passes_each_block_input_through_its_first_filters():
+    network = CNN((8, 16), identity_init=True, rngs=nnx.Rngs(0))
+    conv = network.blocks[1].conv1  # 8 → 16 channels
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
+    y = conv(x)
+    np.testing.assert_allclose(y[..., :8], x, atol=1e-6)  # the first 8 filters copy the input
+    assert float(jnp.std(y[..., 8:])) > 0.1  # the others stay random
+    square = network.blocks[0].conv2.kernel[...]
+    np.testing.assert_array_equal(square[1, 1], jnp.eye(square.shape[-1]))
+
+
+def test_head_scale_scales_linear_logits_and_a_cosine_head_refuses_it():
+    x = jax.random.normal(jax.random.key(0), (4, 16))
+    plain, scaled = (make_head("linear", 16, 10, nnx.Rngs(0), s) for s in (1.0, 1 / 9))
+    np.testing.assert_allclose(scaled(x), plain(x) / 9, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="head_scale"):
+        make_head("cosine", 16, 10, nnx.Rngs(0), 2.0)

@@ -7,11 +7,15 @@ import subprocess
 import sys
 import textwrap
 
+import types
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from smoothmax import data, train
+from smoothmax import data, models, train
 from smoothmax.config import base_config
 
 
@@ -92,11 +96,25 @@ def interrupt_at_second_evaluation(monkeypatch, run):
     monkeypatch.setattr(train, "evaluate", real_evaluate)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch):
+# The GPU recipe's training keys (configs/cifar10.py): Lookahead's slow weights are checkpointed state.
+GPU_RECIPE_KEYS = {"data.alternate_flips": True, "model.bn_scale": False, "model.head_scale": 1 / 9,
+                   "model.identity_init": True, "optimizer.bias_scale": 64.0, "optimizer.lookahead_every": 5,
+                   "optimizer.lookahead_decay": 0.77}
+
+
+def set_keys(c, keys):
+    for key, value in keys.items():
+        group, leaf = key.split(".")
+        c[group][leaf] = value
+
+
+@pytest.mark.parametrize("keys", [{}, GPU_RECIPE_KEYS], ids=["cpu-recipe", "gpu-recipe"])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, tiny_data, monkeypatch, keys):
     c = tiny_config(name="softmax", temperature=0.5, final_temperature=0.1)
     c.epochs = 3
     # With the CPU recipe's settings: a fitted (and checkpointed) stem, short crops, translated views.
     c.model.stem, c.data.crop_pad, c.data.eval_flip, c.data.eval_translate = "whitened", 2, True, 2
+    set_keys(c, keys)
     train.train_and_evaluate(c, tmp_path / "full", progress=False, dataset=tiny_data)
 
     interrupt_at_second_evaluation(
@@ -452,3 +470,38 @@ def test_learned_temperature_refuses_what_it_cannot_learn(key, value):
     node[leaf] = value
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate_config(c)
+
+
+def lookahead_state(step, fast, slow, frozen):
+    return train.TrainState({"w": fast}, {"k": frozen}, None, jnp.int32(step), ({"w": slow}, {"k": frozen}))
+
+
+def test_lookahead_moves_the_slow_weights_at_syncs_and_restarts_the_fast_ones_there():
+    spec = types.SimpleNamespace(lookahead_every=5, lookahead_decay=0.8, total_steps=12)
+    fast, slow, frozen = jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0]), jnp.array([0.3])
+    between = train.lookahead(spec, lookahead_state(3, fast, slow, frozen))
+    np.testing.assert_array_equal(between.params["w"], fast)
+    np.testing.assert_array_equal(between.slow[0]["w"], slow)
+    for step in (10, 12):  # a multiple of 5, and the last step
+        d = 0.8 * (step / 12) ** 3
+        synced = train.lookahead(spec, lookahead_state(step, fast, slow, frozen))
+        np.testing.assert_allclose(synced.slow[0]["w"], d * slow + (1 - d) * fast, rtol=1e-6)
+        np.testing.assert_array_equal(synced.params["w"], synced.slow[0]["w"])
+        np.testing.assert_array_equal(synced.rest["k"], frozen)  # a leaf that never moves stays bit-exact
+
+
+def test_bias_scale_multiplies_only_batchnorm_biases():
+    c = tiny_config()
+    c.model.bn_scale, c.model.head_scale = False, 1 / 9
+    spec = train.build_program(c, np.zeros(3), np.ones(3), 10).spec
+    state = train.create_train_state(c, spec, 10)  # the train step's tree: Variables holding arrays
+    updates = jax.tree.map(jnp.ones_like, state.params)
+    scaled = train.scale_biases(types.SimpleNamespace(bias_scale=64.0), updates)
+    seen = {}
+    for path, value in jax.tree_util.tree_leaves_with_path(scaled):
+        names = tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+        seen[names] = float(value.ravel()[0])
+    assert seen[("model", "blocks", "0", "bn1", "bias")] == seen[("model", "stem_bn", "bias")] == 64.0
+    assert seen[("model", "head", "dense", "bias")] == seen[("model", "head", "dense", "kernel")] == 1.0
+    assert seen[("model", "blocks", "2", "conv2", "kernel")] == 1.0
+    assert not any(names[-1] == "scale" for names in seen)  # bn_scale=False: no BatchNorm scales to train
