@@ -38,8 +38,9 @@ SMOKE = {"data.name": "synthetic", "data.num_train": 1024, "data.num_test": 256,
 def config(spec: str, smoke: bool, **keys):
     """A shipped config with ``keys`` (``a__b=value`` sets ``a.b``), shrunk to the smoke set with ``smoke``."""
     cfg = load_config(spec)
-    for key, value in ({**SMOKE, "data.batch_size": 128} if smoke else {}).items() | \
-            {k.replace("__", "."): v for k, v in keys.items()}.items():
+    settings = {**SMOKE, "data.batch_size": 128} if smoke else {}
+    settings.update({k.replace("__", "."): v for k, v in keys.items()})  # the caller's keys win
+    for key, value in settings.items():
         *parents, leaf = key.split(".")
         node = cfg
         for part in parents:
