@@ -505,3 +505,20 @@ def test_bias_scale_multiplies_only_batchnorm_biases():
     assert seen[("model", "head", "dense", "bias")] == seen[("model", "head", "dense", "kernel")] == 1.0
     assert seen[("model", "blocks", "2", "conv2", "kernel")] == 1.0
     assert not any(names[-1] == "scale" for names in seen)  # bn_scale=False: no BatchNorm scales to train
+
+
+def test_the_device_resident_feed_gives_the_host_path_batches(tiny_data):
+    c = tiny_config()
+    program = train.build_program(c, tiny_data.mean, tiny_data.std, tiny_data.num_classes)
+    feed = train.TrainingFeed(program, tiny_data.train_images, tiny_data.train_labels)
+    assert feed.resident  # one process
+    flips = data.epoch_flips(len(tiny_data.train_labels), 0, 3)
+    idx = data.epoch_permutation(len(tiny_data.train_labels), 64, 0, 3)[1]
+    feed.epoch(flips)
+    on_device = feed.batch(idx)
+    feed.resident = False
+    feed.epoch(flips)
+    from_host = feed.batch(idx)
+    for a, b, expected in zip(on_device, from_host, (tiny_data.train_images, tiny_data.train_labels, flips)):
+        np.testing.assert_array_equal(np.asarray(a), expected[idx])
+        np.testing.assert_array_equal(np.asarray(b), expected[idx])
