@@ -3,8 +3,9 @@
     python experiments/bench_host.py [--batch 1024 256] [--steps 400] [--members 1 8]
 
 What a fast accelerator would wait for if the host were the bottleneck: sending the batch's indices and
-dispatching its gather from the device-resident training set (``smoothmax.train.TrainingFeed``), the schedules (τ, m, learning rate), the time ledger and the progress bar, per
-step of the real loop (``smoothmax.train``), on CIFAR-10-shaped data (50,000 images of the built-in synthetic set). The step keeps
+dispatching its gather from the device-resident training set (``smoothmax.train.TrainingFeed``), the
+schedules (τ, m, learning rate), the time ledger and the progress bar, per step of the real loop
+(``smoothmax.train``), on CIFAR-10-shaped data (50,000 images of the built-in synthetic set). The step keeps
 the real signature and donation but returns its state untouched, so what is timed is the loop alone. Target:
 at most 1 ms per step at batch 1024 (a GPU step of the GPU recipe takes a few ms). Each line records the
 machine (CPU flags and sgemm GFLOP/s).

@@ -36,17 +36,11 @@ SMOKE = {"data.name": "synthetic", "data.num_train": 1024, "data.num_test": 256,
 
 
 def config(spec: str, smoke: bool, **keys):
-    """A shipped config with ``keys`` (``a__b=value`` sets ``a.b``), shrunk to the smoke set with ``smoke``."""
-    cfg = load_config(spec)
+    """A shipped config with ``keys`` (``a__b=value`` sets ``a.b``) as overrides, shrunk to the smoke set with
+    ``smoke``; the caller's keys win."""
     settings = {**SMOKE, "data.batch_size": 128} if smoke else {}
-    settings.update({k.replace("__", "."): v for k, v in keys.items()})  # the caller's keys win
-    for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return cfg
+    settings.update({k.replace("__", "."): v for k, v in keys.items()})
+    return load_config(spec, [f"{key}={value!r}" for key, value in settings.items()])
 
 
 def peak_memory_bytes() -> int | None:
@@ -54,28 +48,26 @@ def peak_memory_bytes() -> int | None:
     return stats.get("peak_bytes_in_use") if stats else None
 
 
-def step_flops(cfg, members: int | None = None) -> float:
-    """FLOPs of one compiled train step (forward and backward of a batch) from XLA's cost analysis."""
-    program, state, args = step_inputs(cfg, members)
-    cost = program.train_step.lower(state, *args).compile().cost_analysis()
-    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
+def compiled_step(cfg):
+    """The train step of ``cfg`` compiled once, its FLOPs (XLA's cost analysis: forward and backward of a
+    batch), and a fresh state and batch to call it with."""
+    program, state, args = step_inputs(cfg)
+    compiled = program.train_step.lower(state, *args).compile()
+    cost = compiled.cost_analysis()
+    return compiled, float((cost[0] if isinstance(cost, list) else cost)["flops"]), state, args
 
 
-def step_inputs(cfg, members: int | None = None):
+def step_inputs(cfg):
     """A program for ``cfg`` on made-up statistics, a fresh state and one batch of zeros."""
     cfg = cfg.copy_and_resolve_references()
     cfg.total_steps = 100
     batch = cfg.data.batch_size
     mean, std = np.full(3, 120.0, np.float32), np.full(3, 64.0, np.float32)
-    program = train.build_program(cfg, mean, std, 10, members)
+    program = train.build_program(cfg, mean, std, 10)
     sample = np.random.default_rng(0).integers(0, 256, (1000, 32, 32, 3), dtype=np.uint8)
     state = train.create_train_state(cfg, program.spec, 10, sample)
     metrics = train.zero_metrics()
-    if members:
-        state = jax.tree.map(lambda x: np.stack([x] * members), state)
-        metrics = train.zero_metrics((members,))
-    lead = (members,) if members else ()
-    member = tuple(np.full(lead, v, np.float32) for v in (1.0, 0.0, cfg.optimizer.learning_rate))
+    member = tuple(np.float32(v) for v in (1.0, 0.0, cfg.optimizer.learning_rate))
     args = (metrics, np.zeros((batch, 32, 32, 3), np.uint8), np.zeros(batch, np.int32), np.zeros(batch, bool),
             jax.random.key(0), 0, *member)
     return program, jax.device_put(state, program.state_sharding), args
@@ -100,7 +92,7 @@ def recipe(smoke: bool, tmp: Path, dataset) -> dict:
         train._evaluation_rows = rows
     curve = [json.loads(line) for line in (tmp / "recipe" / "metrics.jsonl").read_text().splitlines()]
     reached = [t - start for t, row in zip(evaluated, curve) if row["test_accuracy"] >= TARGET]
-    flops = step_flops(cfg) / cfg.data.batch_size
+    flops = compiled_step(cfg)[1] / cfg.data.batch_size
     return {"case": "recipe", "config": "configs/cifar10.py:softmax", "epochs": cfg.epochs,
             "test_accuracy": summary["test_accuracy"], "wall_seconds": round(wall, 2),
             "seconds_to_93": round(reached[0], 2) if reached else None,
@@ -138,17 +130,16 @@ def dtype(smoke: bool, steps: int = 50) -> list[dict]:
     lines = []
     for name in ("bfloat16", "float32"):
         cfg = config("configs/cifar10.py:softmax", smoke, model__compute_dtype=name)
-        program, state, args = step_inputs(cfg)
-        metrics, rest = args[0], args[1:]
-        flops = step_flops(cfg)
-        for _ in range(3):  # compile and warm up
-            state, metrics = program.train_step(state, metrics, *rest)
+        step, flops, state, (metrics, *rest) = compiled_step(cfg)
+        repeats = 5 if smoke else steps
+        for _ in range(3):  # warm up
+            state, metrics = step(state, metrics, *rest)
         jax.block_until_ready(metrics)
         start = time.perf_counter()
-        for _ in range(5 if smoke else steps):
-            state, metrics = program.train_step(state, metrics, *rest)
+        for _ in range(repeats):
+            state, metrics = step(state, metrics, *rest)
         jax.block_until_ready(metrics)
-        seconds = (time.perf_counter() - start) / (5 if smoke else steps)
+        seconds = (time.perf_counter() - start) / repeats
         lines.append({"case": "dtype", "compute_dtype": name, "batch": cfg.data.batch_size,
                       "step_ms": round(1e3 * seconds, 3), "images_per_second": round(cfg.data.batch_size / seconds),
                       "tflop_per_second": round(flops / seconds / 1e12, 2)})

@@ -327,7 +327,7 @@ def _rules(cfg, devices: int) -> list[tuple]:
             ("loss.final_temperature", lambda v: v is None, f"None {why} (τ is learned, not scheduled)"),
             ("model.head", lambda v: v == "cosine", f"cosine {why} (a linear head scales its logits itself)"),
         ]
-    if _lookup(cfg, "model.head_scale") not in (1, 1.0, _MISSING):
+    if _lookup(cfg, "model.head_scale") not in (1.0, _MISSING):
         rules.append(("model.head", lambda v: v == "linear", "linear when model.head_scale is set (a cosine "
                       "head's logits are cosines: set τ instead)"))
     if _lookup(cfg, "model.stem") == "whitened":

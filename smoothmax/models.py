@@ -23,15 +23,13 @@ class LinearHead(nnx.Module):
         self.scale = scale
 
     def __call__(self, x):
-        return self.dense(x) if self.scale == 1.0 else self.scale * self.dense(x)
+        return self.scale * self.dense(x)  # exact at 1
 
 
 class CosineHead(nnx.Module):
     """Cosine similarity between the feature and each class weight: logits in [−1, 1]."""
 
-    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs, scale: float = 1.0):
-        if scale != 1.0:
-            raise ValueError("a cosine head's logits are cosines: model.head_scale must be 1 (set τ instead)")
+    def __init__(self, features: int, num_classes: int, *, rngs: nnx.Rngs):
         init = nnx.initializers.normal(1.0)
         self.weight = nnx.Param(init(rngs.params(), (features, num_classes)))
 
@@ -49,7 +47,11 @@ HEADS = {"linear": LinearHead, "cosine": CosineHead}
 def make_head(name: str, features: int, num_classes: int, rngs: nnx.Rngs, scale: float = 1.0):
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
-    return HEADS[name](features, num_classes, rngs=rngs, scale=scale)
+    if name == "linear":
+        return LinearHead(features, num_classes, rngs=rngs, scale=scale)
+    if scale != 1.0:
+        raise ValueError(f"a {name} head's logits are cosines: model.head_scale must be 1 (set τ instead)")
+    return HEADS[name](features, num_classes, rngs=rngs)
 
 
 def _conv(cin, cout, rngs, dtype, stride=1, kernel=3):

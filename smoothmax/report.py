@@ -114,7 +114,8 @@ def paired_p(diffs) -> float:
 
 
 def holm(p_values, alpha: float = 0.05) -> list[bool]:
-    """Which hypotheses Holm's step-down procedure rejects at family-wise level ``alpha`` (one family): the k-th smallest p must be below alpha/(N − k), in order."""
+    """Which hypotheses Holm's step-down procedure rejects at family-wise level ``alpha`` (one family): the
+    k-th smallest p must be below alpha/(N − k), in order."""
     rejected = [False] * len(p_values)
     for k, i in enumerate(sorted(range(len(p_values)), key=lambda i: p_values[i])):
         if p_values[i] >= alpha / (len(p_values) - k):

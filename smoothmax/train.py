@@ -92,13 +92,25 @@ def make_optimizer(cfg) -> optax.GradientTransformation:
     # Weight decay on kernels only: decaying BatchNorm scales and biases hurts small nets.
     kernels = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)  # noqa: E731
     if opt.name == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(opt.weight_decay, mask=kernels),
-            optax.sgd(lr, momentum=opt.momentum, nesterov=opt.nesterov),
-        )
-    if opt.name == "adamw":
-        return optax.adamw(lr, weight_decay=opt.weight_decay, mask=kernels)
-    raise ValueError(f"unknown optimizer.name {opt.name!r}: choose sgd or adamw")
+        steps = [optax.add_decayed_weights(opt.weight_decay, mask=kernels),
+                 optax.sgd(lr, momentum=opt.momentum, nesterov=opt.nesterov)]
+    elif opt.name == "adamw":
+        steps = [optax.adamw(lr, weight_decay=opt.weight_decay, mask=kernels)]
+    else:
+        raise ValueError(f"unknown optimizer.name {opt.name!r}: choose sgd or adamw")
+    if opt.bias_scale != 1.0:  # BatchNorm biases move faster (airbench: 64×, with BatchNorm scales frozen)
+        steps.append(optax.masked(optax.scale(opt.bias_scale), batchnorm_biases))
+    return optax.chain(*steps) if len(steps) > 1 else steps[0]
+
+
+def batchnorm_biases(params):
+    """True at every BatchNorm bias: each ``bias`` outside the head (the convolutions have none). Their
+    gradients are small next to how far a BatchNorm bias must travel."""
+    def is_bias(path, _):
+        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # not the Variables' ``.value``
+        return names[-1] == "bias" and "head" not in names
+
+    return jax.tree_util.tree_map_with_path(is_bias, params)
 
 
 # --------------------------------------------------------------------------- state and steps
@@ -146,7 +158,6 @@ class StepSpec:
     crop_pad: int
     eval_views: tuple  # the (dy, dx, mirrored) views whose logits evaluation averages
     learn_temperature: bool
-    bias_scale: float = 1.0  # multiplies BatchNorm biases' updates (optimizer.bias_scale)
     lookahead_every: int = 0  # Lookahead: sync every this many steps (0: off) ...
     lookahead_decay: float = 0.0  # ... keeping this share of the slow weights at the end of training
     total_steps: int = 0
@@ -207,8 +218,6 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips
     (_, (loss, logits, new_rest)), grads = jax.value_and_grad(objective_of, has_aux=True)(state.params)
     updates, opt_state = spec.optimizer.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: learning_rate * u, updates)
-    if spec.bias_scale != 1.0:
-        updates = scale_biases(spec, updates)
     state = state.replace(params=optax.apply_updates(state.params, updates), rest=new_rest,
                           opt_state=opt_state, step=state.step + 1)
     if spec.lookahead_every:
@@ -219,17 +228,6 @@ def train_step(spec: StepSpec, state: TrainState, metrics, images, labels, flips
         "count": metrics["count"] + labels.shape[0],
     }
     return state, metrics
-
-
-def scale_biases(spec: StepSpec, updates):
-    """The updates with BatchNorm biases' (every ``bias`` outside the head: the convolutions have none) scaled
-    by ``bias_scale``. Their gradients are small next to what a BatchNorm bias must travel; airbench trains
-    them 64× faster than the weights (with BatchNorm scales frozen, ``model.bn_scale = False``)."""
-    def scale(path, u):
-        names = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]  # not the Variables' ``.value``
-        return spec.bias_scale * u if names[-1] == "bias" and "head" not in names else u
-
-    return jax.tree_util.tree_map_with_path(scale, updates)
 
 
 def lookahead(spec: StepSpec, state: TrainState) -> TrainState:
@@ -360,8 +358,8 @@ def build_program(cfg, mean, std, num_classes: int, members: int | None = None) 
     opt = cfg.optimizer
     spec = StepSpec(graphdef, make_optimizer(cfg), objective(cfg.loss.name), mean, std,
                     bool(cfg.data.augment), int(cfg.data.crop_pad), eval_views(cfg.data),
-                    bool(cfg.loss.learn_temperature), float(opt.bias_scale), int(opt.lookahead_every),
-                    float(opt.lookahead_decay), int(cfg.total_steps))
+                    bool(cfg.loss.learn_temperature), int(opt.lookahead_every), float(opt.lookahead_decay),
+                    int(cfg.total_steps))
     train = functools.partial(train_step, spec)
     evaluate = functools.partial(eval_step, spec)
     if members is not None:  # a population: the single-member steps, vmapped over stacked states

@@ -493,14 +493,18 @@ def test_lookahead_moves_the_slow_weights_at_syncs_and_restarts_the_fast_ones_th
 def test_bias_scale_multiplies_only_batchnorm_biases():
     c = tiny_config()
     c.model.bn_scale, c.model.head_scale = False, 1 / 9
+    c.optimizer.bias_scale, c.optimizer.weight_decay, c.total_steps = 64.0, 0.0, 10
     spec = train.build_program(c, np.zeros(3), np.ones(3), 10).spec
     state = train.create_train_state(c, spec, 10)  # the train step's tree: Variables holding arrays
-    updates = jax.tree.map(jnp.ones_like, state.params)
-    scaled = train.scale_biases(types.SimpleNamespace(bias_scale=64.0), updates)
+    grads = jax.tree.map(jnp.ones_like, state.params)
+    opt_state = spec.optimizer.init(state.params)
+    for _ in range(2):  # the warm-up's first step has rate 0
+        updates, opt_state = spec.optimizer.update(grads, opt_state, state.params)
+    kernel = float(updates["model"]["blocks"][2]["conv2"]["kernel"][...].ravel()[0])
     seen = {}
-    for path, value in jax.tree_util.tree_leaves_with_path(scaled):
+    for path, value in jax.tree_util.tree_leaves_with_path(updates):
         names = tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-        seen[names] = float(value.ravel()[0])
+        seen[names] = float(value.ravel()[0]) / kernel  # every leaf saw the same gradients
     assert seen[("model", "blocks", "0", "bn1", "bias")] == seen[("model", "stem_bn", "bias")] == 64.0
     assert seen[("model", "head", "dense", "bias")] == seen[("model", "head", "dense", "kernel")] == 1.0
     assert seen[("model", "blocks", "2", "conv2", "kernel")] == 1.0
